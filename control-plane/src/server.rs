@@ -1,0 +1,82 @@
+//! Runs the control plane: connects the store, rebuilds the projection, and serves the admin
+//! gRPC API and the HTTP listener until shutdown is signalled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use heimdall_proto::admin::admin_service_server::AdminServiceServer;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::AdminApi;
+use crate::auth::AdminTokens;
+use crate::error::ControlPlaneError;
+use crate::ledger::Ledger;
+use crate::metrics::ControlPlaneMetrics;
+use crate::store::EventStore;
+
+/// What the control plane needs to run, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneSettings {
+    pub database_url: String,
+    pub max_connections: u32,
+    /// Where the admin gRPC API listens.
+    pub admin_addr: SocketAddr,
+    /// Where health, readiness and metrics are served.
+    pub http_addr: SocketAddr,
+    pub tokens: AdminTokens,
+}
+
+/// Serves until `shutdown` turns true, then drains in-flight requests and returns.
+pub async fn run(
+    settings: ControlPlaneSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ControlPlaneError> {
+    if settings.tokens.is_empty() {
+        return Err(ControlPlaneError::Config(
+            "no admin token is configured".to_owned(),
+        ));
+    }
+    let registry = Registry::new();
+    let metrics = ControlPlaneMetrics::register(&registry)
+        .map_err(|error| ControlPlaneError::Internal(format!("registering metrics: {error}")))?;
+    let store = EventStore::connect(&settings.database_url, settings.max_connections).await?;
+    tracing::info!(dialect = ?store.dialect(), "connected to database");
+    let ledger = Arc::new(Ledger::open(store.clone(), metrics.clone()).await?);
+
+    let admin_listener = bind(settings.admin_addr, "server.admin.addr").await?;
+    let http_listener = bind(settings.http_addr, "server.bundle.addr").await?;
+    tracing::info!(
+        admin_addr = %settings.admin_addr,
+        http_addr = %settings.http_addr,
+        "control plane listening"
+    );
+
+    let api = AdminApi::new(ledger, settings.tokens, metrics);
+    let mut grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(AdminServiceServer::new(api))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(admin_listener),
+            async move {
+                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+            },
+        );
+    let http = axum::serve(http_listener, crate::http::router(store, registry))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+
+    let (grpc_result, http_result) = tokio::join!(grpc, http);
+    grpc_result.map_err(|error| ControlPlaneError::Internal(format!("admin server: {error}")))?;
+    http_result.map_err(|error| ControlPlaneError::Internal(format!("http server: {error}")))?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, ControlPlaneError> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        ControlPlaneError::Config(format!("{key}: cannot listen on {addr}: {error}"))
+    })
+}

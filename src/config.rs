@@ -1,0 +1,313 @@
+//! Configuration: a YAML file, overridden key by key by `HEIMDALL_*` environment variables, then
+//! validated into [`ServeConfig`]. Unknown keys are errors, and every error names its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+
+/// The prefix of every configuration environment variable.
+const ENV_PREFIX: &str = "HEIMDALL_";
+
+/// The configuration file as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub database: RawDatabase,
+    pub admin: RawAdmin,
+    /// Folder for the embedded defaults: the SQLite database and the generated admin token hash.
+    pub data_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// The admin gRPC API.
+    pub admin: RawListener,
+    /// The control plane's HTTP listener: /healthz, /readyz, /metrics (later the bundles).
+    pub bundle: RawListener,
+    /// trace, debug, info, warn or error.
+    pub log_level: String,
+    /// text or json.
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListener {
+    /// host:port; `:port` listens on every interface, as in the original Heimdall.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDatabase {
+    /// `postgres://…` or `sqlite:…`. Empty with an empty driver: SQLite in `data_dir`.
+    pub url: String,
+    /// The original Heimdall's form: `postgres` or `sqlite`, with `dsn`.
+    pub driver: String,
+    /// A PostgreSQL URL, or the path of the SQLite file.
+    pub dsn: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Admin tokens by name and SHA-256 (`heimdall admin-token` makes one). Empty: a token is
+    /// generated at first start and its hash kept in `data_dir`.
+    pub tokens: Vec<RawAdminToken>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    pub name: String,
+    pub sha256: String,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            server: RawServer::default(),
+            database: RawDatabase::default(),
+            admin: RawAdmin::default(),
+            data_dir: "heimdall-data".to_owned(),
+        }
+    }
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            admin: RawListener {
+                addr: "127.0.0.1:9093".to_owned(),
+            },
+            bundle: RawListener {
+                addr: "127.0.0.1:9092".to_owned(),
+            },
+            log_level: "info".to_owned(),
+            log_format: "text".to_owned(),
+        }
+    }
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            driver: String::new(),
+            dsn: String::new(),
+            max_connections: 10,
+        }
+    }
+}
+
+/// The validated configuration of `heimdall serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    pub admin_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub log_level: tracing::Level,
+    pub json_logs: bool,
+    /// None: the embedded SQLite database in `data_dir`.
+    pub database_url: Option<String>,
+    pub max_connections: u32,
+    pub admin_tokens: Vec<RawAdminToken>,
+    pub data_dir: PathBuf,
+}
+
+/// Loads the file (if any), applies the environment, and validates.
+pub fn load(
+    path: Option<&Path>,
+    environment: &BTreeMap<String, String>,
+) -> anyhow::Result<ServeConfig> {
+    let file = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            serde_yaml::from_str::<Value>(&text)
+                .with_context(|| format!("config file {} is not valid YAML", path.display()))?
+        }
+        None => Value::Mapping(Mapping::new()),
+    };
+    let merged = apply_environment(file, environment)?;
+    let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|error| {
+        let key = error.path().to_string();
+        anyhow::anyhow!("config key {key}: {}", error.into_inner())
+    })?;
+    validate(raw)
+}
+
+/// Overrides file values with `HEIMDALL_<KEY>` variables, one for every leaf key of the config.
+fn apply_environment(
+    mut file: Value,
+    environment: &BTreeMap<String, String>,
+) -> anyhow::Result<Value> {
+    let defaults = serde_yaml::to_value(RawConfig::default()).context("serialising defaults")?;
+    let mut leaves = Vec::new();
+    collect_leaves(&defaults, &mut Vec::new(), &mut leaves);
+    for (path, default) in leaves {
+        let variable = env_variable(&path);
+        let Some(raw) = environment.get(&variable) else {
+            continue;
+        };
+        let value = match default {
+            Value::Number(_) => Value::Number(
+                raw.trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("{variable}: {raw:?} is not a whole number"))?
+                    .into(),
+            ),
+            Value::Bool(_) => Value::Bool(
+                raw.trim()
+                    .parse()
+                    .with_context(|| format!("{variable}: expected true or false"))?,
+            ),
+            Value::Sequence(_) => serde_yaml::from_str(raw)
+                .with_context(|| format!("{variable}: expected a YAML list"))?,
+            _ => Value::String(raw.clone()),
+        };
+        set_path(&mut file, &path, value).with_context(|| {
+            format!("{variable}: config key {} is not a mapping", path.join("."))
+        })?;
+    }
+    Ok(file)
+}
+
+/// Returns the environment variable of a key path: `server.log_level` → `HEIMDALL_SERVER_LOG_LEVEL`.
+pub fn env_variable(path: &[String]) -> String {
+    format!("{ENV_PREFIX}{}", path.join("_").to_uppercase())
+}
+
+fn collect_leaves(value: &Value, path: &mut Vec<String>, leaves: &mut Vec<(Vec<String>, Value)>) {
+    match value {
+        Value::Mapping(mapping) => {
+            for (key, child) in mapping {
+                path.push(key.as_str().unwrap_or_default().to_owned());
+                collect_leaves(child, path, leaves);
+                path.pop();
+            }
+        }
+        leaf => leaves.push((path.clone(), leaf.clone())),
+    }
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) -> anyhow::Result<()> {
+    let mut node = root;
+    for key in &path[..path.len() - 1] {
+        if node.is_null() {
+            *node = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(mapping) = node else {
+            bail!("not a mapping");
+        };
+        node = mapping
+            .entry(Value::String(key.clone()))
+            .or_insert(Value::Null);
+    }
+    if node.is_null() {
+        *node = Value::Mapping(Mapping::new());
+    }
+    let Value::Mapping(mapping) = node else {
+        bail!("not a mapping");
+    };
+    mapping.insert(Value::String(path[path.len() - 1].clone()), value);
+    Ok(())
+}
+
+fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
+    let admin_addr = parse_addr("server.admin.addr", &raw.server.admin.addr)?;
+    let http_addr = parse_addr("server.bundle.addr", &raw.server.bundle.addr)?;
+    if admin_addr == http_addr {
+        bail!("config key server.bundle.addr: must differ from server.admin.addr");
+    }
+    let log_level = match raw.server.log_level.as_str() {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" => tracing::Level::WARN,
+        "error" => tracing::Level::ERROR,
+        other => {
+            bail!("config key server.log_level: {other:?} is not trace, debug, info, warn or error")
+        }
+    };
+    let json_logs = match raw.server.log_format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => bail!("config key server.log_format: {other:?} is not text or json"),
+    };
+    if raw.data_dir.trim().is_empty() {
+        bail!("config key data_dir: must not be empty");
+    }
+    if raw.database.max_connections == 0 {
+        bail!("config key database.max_connections: must be at least 1");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (index, token) in raw.admin.tokens.iter().enumerate() {
+        heimdall_control_plane::AdminToken::from_hex(&token.name, &token.sha256)
+            .map_err(|reason| anyhow::anyhow!("config key admin.tokens[{index}]: {reason}"))?;
+        if !names.insert(token.name.as_str()) {
+            bail!(
+                "config key admin.tokens[{index}]: name {:?} is used twice",
+                token.name
+            );
+        }
+    }
+    Ok(ServeConfig {
+        admin_addr,
+        http_addr,
+        log_level,
+        json_logs,
+        database_url: database_url(&raw.database)?,
+        max_connections: raw.database.max_connections,
+        admin_tokens: raw.admin.tokens,
+        data_dir: PathBuf::from(raw.data_dir),
+    })
+}
+
+fn parse_addr(key: &str, raw: &str) -> anyhow::Result<SocketAddr> {
+    let candidate = match raw.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => raw.to_owned(),
+    };
+    candidate
+        .parse()
+        .map_err(|_| anyhow::anyhow!("config key {key}: {raw:?} is not host:port with an IP host"))
+}
+
+fn database_url(database: &RawDatabase) -> anyhow::Result<Option<String>> {
+    let url = database.url.trim();
+    let driver = database.driver.trim();
+    let dsn = database.dsn.trim();
+    if !url.is_empty() && (!driver.is_empty() || !dsn.is_empty()) {
+        bail!("config key database.url: give either url, or driver and dsn, not both");
+    }
+    if !url.is_empty() {
+        heimdall_control_plane::store::Dialect::from_url(url)
+            .map_err(|error| anyhow::anyhow!("config key database.url: {error}"))?;
+        return Ok(Some(url.to_owned()));
+    }
+    match (driver, dsn) {
+        ("", "") => Ok(None),
+        ("postgres" | "postgresql", dsn) if dsn.starts_with("postgres") => Ok(Some(dsn.to_owned())),
+        ("postgres" | "postgresql", _) => {
+            bail!("config key database.dsn: give a postgres:// URL")
+        }
+        ("sqlite", "") => bail!("config key database.dsn: give the SQLite file's path"),
+        ("sqlite", path) => Ok(Some(sqlite_url(Path::new(path)))),
+        (other, _) => bail!("config key database.driver: {other:?} is not postgres or sqlite"),
+    }
+}
+
+/// Returns the URL of a SQLite file, created if missing.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+#[cfg(test)]
+mod tests;

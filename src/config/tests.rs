@@ -1,0 +1,153 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+fn load_text(text: &str, environment: &[(&str, &str)]) -> anyhow::Result<ServeConfig> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    load(Some(file.path()), &env(environment))
+}
+
+fn error_of(text: &str, environment: &[(&str, &str)]) -> String {
+    format!(
+        "{:#}",
+        load_text(text, environment).expect_err("config should be refused")
+    )
+}
+
+#[test]
+fn no_file_gives_the_embedded_defaults() {
+    let config = load(None, &BTreeMap::new()).unwrap();
+    assert_eq!(config.admin_addr, "127.0.0.1:9093".parse().unwrap());
+    assert_eq!(config.http_addr, "127.0.0.1:9092".parse().unwrap());
+    assert_eq!(config.database_url, None);
+    assert_eq!(config.data_dir, PathBuf::from("heimdall-data"));
+    assert!(config.admin_tokens.is_empty());
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    let message = error_of("server:\n  admin:\n    adress: 127.0.0.1:1\n", &[]);
+    assert!(
+        message.starts_with("config key server.admin.adress: unknown field"),
+        "{message}"
+    );
+    let message = error_of("databse:\n  url: sqlite://x\n", &[]);
+    assert!(message.contains("databse"), "{message}");
+}
+
+#[test]
+fn wrong_values_name_their_key() {
+    let cases = [
+        (
+            "server:\n  log_level: loud\n",
+            "config key server.log_level",
+        ),
+        (
+            "server:\n  admin:\n    addr: localhost\n",
+            "config key server.admin.addr",
+        ),
+        ("database:\n  url: mysql://x\n", "config key database.url"),
+        (
+            "database:\n  driver: oracle\n  dsn: x\n",
+            "config key database.driver",
+        ),
+        (
+            "database:\n  max_connections: many\n",
+            "config key database.max_connections",
+        ),
+        (
+            "admin:\n  tokens:\n    - name: ci\n      sha256: abc\n",
+            "config key admin.tokens[0]",
+        ),
+    ];
+    for (text, expected) in cases {
+        let message = error_of(text, &[]);
+        assert!(
+            message.starts_with(expected),
+            "{message} should start with {expected}"
+        );
+    }
+}
+
+#[test]
+fn every_key_has_an_environment_override() {
+    let hash = "a".repeat(64);
+    let tokens = format!("[{{name: ci, sha256: {hash}}}]");
+    let config = load_text(
+        "server:\n  log_level: debug\n",
+        &[
+            ("HEIMDALL_SERVER_ADMIN_ADDR", "127.0.0.1:7001"),
+            ("HEIMDALL_SERVER_BUNDLE_ADDR", "127.0.0.1:7002"),
+            ("HEIMDALL_SERVER_LOG_LEVEL", "warn"),
+            ("HEIMDALL_SERVER_LOG_FORMAT", "json"),
+            ("HEIMDALL_DATABASE_URL", "postgres://u@127.0.0.1:5/db"),
+            ("HEIMDALL_DATABASE_MAX_CONNECTIONS", "3"),
+            ("HEIMDALL_ADMIN_TOKENS", &tokens),
+            ("HEIMDALL_DATA_DIR", "/var/lib/heimdall"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.admin_addr, "127.0.0.1:7001".parse().unwrap());
+    assert_eq!(config.http_addr, "127.0.0.1:7002".parse().unwrap());
+    assert_eq!(config.log_level, tracing::Level::WARN);
+    assert!(config.json_logs);
+    assert_eq!(
+        config.database_url.as_deref(),
+        Some("postgres://u@127.0.0.1:5/db")
+    );
+    assert_eq!(config.max_connections, 3);
+    assert_eq!(config.admin_tokens[0].name, "ci");
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/heimdall"));
+}
+
+#[test]
+fn the_override_list_covers_every_leaf_key() {
+    let defaults = serde_yaml::to_value(RawConfig::default()).unwrap();
+    let mut leaves = Vec::new();
+    collect_leaves(&defaults, &mut Vec::new(), &mut leaves);
+    let variables: Vec<String> = leaves.iter().map(|(path, _)| env_variable(path)).collect();
+    for expected in [
+        "HEIMDALL_DATABASE_DSN",
+        "HEIMDALL_DATABASE_DRIVER",
+        "HEIMDALL_DATA_DIR",
+    ] {
+        assert!(
+            variables.contains(&expected.to_owned()),
+            "{expected} missing from {variables:?}"
+        );
+    }
+}
+
+#[test]
+fn the_original_driver_and_dsn_keys_are_accepted() {
+    let config = load_text("database:\n  driver: sqlite\n  dsn: heimdall.db\n", &[]).unwrap();
+    assert_eq!(
+        config.database_url.as_deref(),
+        Some("sqlite://heimdall.db?mode=rwc")
+    );
+    let message = error_of(
+        "database:\n  url: sqlite://a\n  driver: sqlite\n  dsn: b\n",
+        &[],
+    );
+    assert!(
+        message.contains("either url, or driver and dsn"),
+        "{message}"
+    );
+    let message = error_of("", &[("HEIMDALL_DATABASE_MAX_CONNECTIONS", "x")]);
+    assert!(
+        message.starts_with("HEIMDALL_DATABASE_MAX_CONNECTIONS"),
+        "{message}"
+    );
+}
+
+#[test]
+fn go_style_listen_addresses_mean_every_interface() {
+    let config = load_text("server:\n  admin:\n    addr: \":9191\"\n", &[]).unwrap();
+    assert_eq!(config.admin_addr, "0.0.0.0:9191".parse().unwrap());
+}

@@ -1,0 +1,192 @@
+//! Helpers for Heimdall's tests: throw-away databases, free ports, and `heimdall` processes.
+//!
+//! PostgreSQL comes from `HEIMDALL_TEST_DATABASE_URL`, which the README's test command sets after
+//! starting a throw-away cluster. Outside CI a missing URL skips the PostgreSQL half of a test;
+//! with `CI=true` it fails it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::any::AnyPoolOptions;
+
+/// A database for one test. A SQLite file lives as long as this value.
+pub struct TestDatabase {
+    pub url: String,
+    _sqlite_dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A fresh SQLite file in a temporary folder.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir should be creatable");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("events.db").display()
+        );
+        Self {
+            url,
+            _sqlite_dir: Some(dir),
+        }
+    }
+
+    /// A fresh PostgreSQL database, or None when none is configured outside CI.
+    pub async fn postgres() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("HEIMDALL_TEST_DATABASE_URL") else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "HEIMDALL_TEST_DATABASE_URL must be set in CI: PostgreSQL tests never skip there"
+            );
+            eprintln!("skipping PostgreSQL: HEIMDALL_TEST_DATABASE_URL is not set");
+            return None;
+        };
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await
+            .unwrap_or_else(|error| panic!("PostgreSQL is not reachable: {error}"));
+        let name = format!("heimdall_test_{}", random_u64());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .expect("a test database should be creatable");
+        pool.close().await;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .expect("the URL should name a database");
+        Some(Self {
+            url: format!("{base}/{name}"),
+            _sqlite_dir: None,
+        })
+    }
+}
+
+/// Returns a random number for unique names.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("randomness should be available");
+    u64::from_le_bytes(bytes)
+}
+
+/// Returns a loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding port 0 should work");
+    listener
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// Returns the path of the `heimdall` binary built beside the test executable.
+pub fn heimdall_binary() -> PathBuf {
+    let test_executable = std::env::current_exe().expect("the test executable has a path");
+    let target_dir = test_executable
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executables live in target/<profile>/deps");
+    let binary = target_dir.join("heimdall");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p heimdall` first (the README's test command does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A running `heimdall serve`, killed when dropped.
+pub struct HeimdallProcess {
+    pub child: Child,
+    pub admin_addr: String,
+    pub http_addr: String,
+}
+
+impl HeimdallProcess {
+    /// Starts `heimdall serve --target=control-plane` on free ports with extra environment.
+    pub fn control_plane(working_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        let admin_addr = format!("127.0.0.1:{}", free_port());
+        let http_addr = format!("127.0.0.1:{}", free_port());
+        let mut command = Command::new(heimdall_binary());
+        command
+            .args(["serve", "--target=control-plane"])
+            .current_dir(working_dir)
+            .env("HEIMDALL_SERVER_ADMIN_ADDR", &admin_addr)
+            .env("HEIMDALL_SERVER_BUNDLE_ADDR", &http_addr)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("heimdall should start");
+        Self {
+            child,
+            admin_addr,
+            http_addr,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200, or panics with the process's output.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get(&self.http_addr, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let output = self.take_stderr();
+                panic!("heimdall exited with {status} before it was ready:\n{output}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("heimdall was not ready within 30 s");
+    }
+
+    /// Sends SIGTERM and returns whether the process exited successfully within 10 s.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Reads what the process wrote to stderr so far; only once it has exited.
+    pub fn take_stderr(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for HeimdallProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: returns the status and body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())?;
+    Some((status, body))
+}
