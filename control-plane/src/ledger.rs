@@ -72,14 +72,27 @@ impl Ledger {
     /// Returns the current state, including what other control planes committed.
     pub async fn current(&self) -> Result<State, ControlPlaneError> {
         let mut state = self.state.lock().await;
+        self.catch_up_locked(&mut state).await?;
+        Ok(state.clone())
+    }
+
+    /// Applies what other control planes committed since the projection's revision, and returns
+    /// the revision reached.
+    pub async fn catch_up(&self) -> Result<u64, ControlPlaneError> {
+        let mut state = self.state.lock().await;
+        self.catch_up_locked(&mut state).await?;
+        Ok(state.revision)
+    }
+
+    async fn catch_up_locked(&self, state: &mut State) -> Result<(), ControlPlaneError> {
         let newer = self.store.events_in_range(state.revision, u64::MAX).await?;
         for event in &newer {
             state.apply(event)?;
         }
         if !newer.is_empty() {
-            self.metrics.observe_state(&state);
+            self.metrics.observe_state(state);
         }
-        Ok(state.clone())
+        Ok(())
     }
 
     /// Rebuilds the state right after `revision` from the events up to it.

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use heimdall_proto::admin::admin_service_server::AdminServiceServer;
 use prometheus::Registry;
@@ -15,6 +16,10 @@ use crate::error::ControlPlaneError;
 use crate::ledger::Ledger;
 use crate::metrics::ControlPlaneMetrics;
 use crate::store::EventStore;
+
+/// How often an idle control plane catches up with what other replicas committed, so that its
+/// metrics describe the shared database rather than only its own writes.
+const CATCH_UP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the control plane needs to run, validated by the caller.
 #[derive(Debug, Clone)]
@@ -53,26 +58,43 @@ pub async fn run(
         "control plane listening"
     );
 
+    let catch_up = tokio::spawn(catch_up_periodically(ledger.clone(), shutdown.clone()));
     let api = AdminApi::new(ledger, settings.tokens, metrics);
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(AdminServiceServer::new(api))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(admin_listener),
-            async move {
-                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
-            },
+            async move { stopped(&mut grpc_shutdown).await },
         );
     let http = axum::serve(http_listener, crate::http::router(store, registry))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        });
+        .with_graceful_shutdown(async move { stopped(&mut shutdown).await });
 
     let (grpc_result, http_result) = tokio::join!(grpc, http);
+    catch_up.abort();
     grpc_result.map_err(|error| ControlPlaneError::Internal(format!("admin server: {error}")))?;
     http_result.map_err(|error| ControlPlaneError::Internal(format!("http server: {error}")))?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+async fn catch_up_periodically(ledger: Arc<Ledger>, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(CATCH_UP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {
+                if let Err(error) = ledger.catch_up().await {
+                    tracing::warn!(error = %error, "catching up with the event store failed");
+                }
+            }
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, ControlPlaneError> {

@@ -468,3 +468,21 @@ on_every_backend!(
         assert!(delete.is_err(), "events must be immutable");
     }
 );
+
+on_every_backend!(
+    an_idle_ledger_catches_up_with_another_writer,
+    |url: String| async move {
+        let writer = open(&url).await;
+        let idle = open(&url).await;
+        writer
+            .write(&context("ci", ""), &create_tenant("acme"), b"")
+            .await
+            .unwrap();
+        writer
+            .write(&context("ci", ""), &create_tenant("globex"), b"")
+            .await
+            .unwrap();
+        assert_eq!(idle.catch_up().await.unwrap(), 2);
+        assert_eq!(idle.current().await.unwrap().tenants.len(), 2);
+    }
+);
