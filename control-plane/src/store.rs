@@ -161,15 +161,7 @@ impl EventStore {
         after: u64,
         up_to: u64,
     ) -> Result<Vec<StoredEvent>, ControlPlaneError> {
-        sqlx::query(EVENTS_IN_RANGE)
-            .bind(to_signed(after))
-            .bind(to_signed(up_to))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(ControlPlaneError::Database)?
-            .iter()
-            .map(event_from_row)
-            .collect()
+        fetch_events_in_range(&self.pool, after, up_to).await
     }
 
     /// Returns one page of the history, oldest first.
@@ -232,15 +224,7 @@ impl AppendTransaction {
         &mut self,
         revision: u64,
     ) -> Result<Vec<StoredEvent>, ControlPlaneError> {
-        sqlx::query(EVENTS_IN_RANGE)
-            .bind(to_signed(revision))
-            .bind(i64::MAX)
-            .fetch_all(&mut *self.transaction)
-            .await
-            .map_err(ControlPlaneError::Database)?
-            .iter()
-            .map(event_from_row)
-            .collect()
+        fetch_events_in_range(&mut *self.transaction, revision, u64::MAX).await
     }
 
     /// Returns the outcome recorded for `request_id`, if any.
@@ -307,6 +291,23 @@ impl AppendTransaction {
             .await
             .map_err(ControlPlaneError::Database)
     }
+}
+
+/// Reads the events with `after < revision <= up_to`, oldest first, through any executor.
+async fn fetch_events_in_range<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    after: u64,
+    up_to: u64,
+) -> Result<Vec<StoredEvent>, ControlPlaneError> {
+    sqlx::query(EVENTS_IN_RANGE)
+        .bind(to_signed(after))
+        .bind(to_signed(up_to))
+        .fetch_all(executor)
+        .await
+        .map_err(ControlPlaneError::Database)?
+        .iter()
+        .map(event_from_row)
+        .collect()
 }
 
 fn event_from_row(row: &AnyRow) -> Result<StoredEvent, ControlPlaneError> {
