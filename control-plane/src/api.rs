@@ -152,25 +152,17 @@ impl AdminApi {
         }
         let command = Command::ApplyPolicies { policies };
         let outcome = self.write(actor, request.options, command, body).await?;
-        let state = if outcome.replayed {
-            None
-        } else {
-            Some(self.ledger.current().await?)
-        };
         let policies = outcome
             .applied
             .iter()
-            .map(|(name, applied)| pb::AppliedPolicy {
-                name: name.to_string(),
-                outcome: match applied {
+            .map(|applied| pb::AppliedPolicy {
+                name: applied.name.to_string(),
+                outcome: match applied.outcome {
                     ApplyOutcome::Created => pb::ApplyOutcome::Created,
                     ApplyOutcome::Replaced => pb::ApplyOutcome::Replaced,
                     ApplyOutcome::Unchanged => pb::ApplyOutcome::Unchanged,
                 } as i32,
-                version: state
-                    .as_ref()
-                    .and_then(|state| state.policies.get(name))
-                    .map_or(0, |record| record.version),
+                version: applied.version,
             })
             .collect();
         Ok(pb::ApplyPoliciesResponse {

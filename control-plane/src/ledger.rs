@@ -33,7 +33,16 @@ pub struct WriteOutcome {
     pub revision: u64,
     /// The request id was seen before: nothing was applied this time.
     pub replayed: bool,
-    pub applied: Vec<(PolicyName, ApplyOutcome)>,
+    /// Per applied policy: what happened and the policy's stream version afterwards.
+    pub applied: Vec<AppliedPolicy>,
+}
+
+/// What applying one policy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedPolicy {
+    pub name: PolicyName,
+    pub outcome: ApplyOutcome,
+    pub version: u64,
 }
 
 /// The event store and the projection of its events.
@@ -206,10 +215,22 @@ impl Ledger {
             .inc_by(stored_events.len() as u64);
         *state = next;
         self.metrics.observe_state(&state);
+        let applied = decision
+            .applied
+            .into_iter()
+            .map(|(name, outcome)| {
+                let version = state.policies.get(&name).map_or(0, |record| record.version);
+                AppliedPolicy {
+                    name,
+                    outcome,
+                    version,
+                }
+            })
+            .collect();
         Ok(WriteOutcome {
             revision: state.revision,
             replayed: false,
-            applied: decision.applied,
+            applied,
         })
     }
 }

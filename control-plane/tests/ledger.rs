@@ -214,7 +214,7 @@ on_every_backend!(a_batch_is_all_or_nothing, |url: String| async move {
         outcome
             .applied
             .iter()
-            .all(|(_, applied)| *applied == ApplyOutcome::Created)
+            .all(|applied| applied.outcome == ApplyOutcome::Created)
     );
 
     let replace = Command::ApplyPolicies {
@@ -227,7 +227,7 @@ on_every_backend!(a_batch_is_all_or_nothing, |url: String| async move {
     let applied: Vec<ApplyOutcome> = outcome
         .applied
         .iter()
-        .map(|(_, applied)| *applied)
+        .map(|applied| applied.outcome)
         .collect();
     assert_eq!(applied, [ApplyOutcome::Unchanged, ApplyOutcome::Replaced]);
     assert_eq!(outcome.revision, 3);
