@@ -13,11 +13,15 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use heimdall_control_plane::convert::{policy_to_spec, spec_to_draft};
+use heimdall_opa::Tenant;
+use heimdall_opa::bundle;
+use heimdall_opa::engine::{DecisionInput, EmbeddedEngine, SubjectIdentity};
 use heimdall_proto::admin::{self as pb, admin_service_client::AdminServiceClient};
 use heimdall_proto::events::event_payload::Kind;
 
 use crate::cli::{
-    Command, Connection, HistoryArgs, OutputFormat, PolicyCommand, TenantCommand, WriteArgs,
+    BundleCommand, Command, Connection, ExplainArgs, HistoryArgs, OutputFormat, PolicyCommand,
+    TenantCommand, WriteArgs,
 };
 use crate::output;
 
@@ -50,6 +54,19 @@ pub async fn run(connection: &Connection, command: Command) -> anyhow::Result<()
         Command::Policy(command) => policy(&mut client, format, command).await,
         Command::History(args) => history(&mut client, format, args).await,
         Command::State(args) => state(&mut client, format, args.at.unwrap_or(0)).await,
+        Command::Bundle(BundleCommand::Build { at, file }) => {
+            let bundle = bundle_at(&mut client, at.unwrap_or(0)).await?;
+            std::fs::write(&file, &bundle.bytes)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "wrote bundle {} to {} (sha256 {})",
+                bundle.revision,
+                file.display(),
+                bundle.digest
+            );
+            Ok(())
+        }
+        Command::Explain(args) => explain(&mut client, format, args).await,
         Command::Serve(_) | Command::AdminToken => unreachable!("handled in main"),
     }
 }
@@ -322,6 +339,74 @@ async fn state(client: &mut Client, format: OutputFormat, revision: u64) -> anyh
             print_tenants(format, &state.tenants);
             println!();
             print_policies(format, &state.policies)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the bundle of a revision (0: the latest) from the state the control plane rebuilds.
+async fn bundle_at(client: &mut Client, revision: u64) -> anyhow::Result<bundle::Bundle> {
+    let state =
+        with_retry(async || client.get_state(pb::GetStateRequest { revision }).await).await?;
+    let tenants = state
+        .tenants
+        .iter()
+        .map(|tenant| Tenant::new(&tenant.id, &tenant.display_name))
+        .collect::<Result<Vec<_>, _>>()
+        .context("the server sent an invalid tenant")?;
+    let policies = state
+        .policies
+        .iter()
+        .map(|policy| spec_to_draft(&policy.spec.clone().unwrap_or_default()).validate())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the server sent an invalid policy")?;
+    Ok(bundle::build(state.revision, &tenants, &policies)?)
+}
+
+async fn explain(
+    client: &mut Client,
+    format: OutputFormat,
+    args: ExplainArgs,
+) -> anyhow::Result<()> {
+    if heimdall_opa::Action::parse(&args.action).is_none() {
+        bail!(
+            "--action {:?} is not one of {}",
+            args.action,
+            heimdall_opa::Action::NAMES.join(", ")
+        );
+    }
+    let bundle = bundle_at(client, args.at.unwrap_or(0)).await?;
+    let engine = EmbeddedEngine::from_bundle(&bundle.bytes)?;
+    let input = DecisionInput {
+        subject: SubjectIdentity {
+            user: args.user,
+            groups: args.groups,
+        },
+        tenant: args.tenant,
+        action: args.action,
+        resource: "metrics".to_owned(),
+    };
+    let decision = engine.decide(&input)?;
+    match format {
+        OutputFormat::Json => output::print_json(&json!({
+            "bundle_revision": bundle.revision,
+            "input": input,
+            "decision": decision,
+        })),
+        OutputFormat::Table => {
+            let verdict = match (decision.allowed, decision.unrestricted) {
+                (false, _) => "denied",
+                (true, true) => "allowed, unrestricted",
+                (true, false) => "allowed, restricted to the filter sets below",
+            };
+            println!("{verdict} (bundle {})", bundle.revision);
+            for (index, set) in decision.filter_sets.iter().enumerate() {
+                println!("  set {}: {{{}}}", index + 1, set.join(", "));
+            }
+            match decision.policies.as_slice() {
+                [] => println!("no policy matches: denied by default"),
+                names => println!("policies: {}", names.join(", ")),
+            }
         }
     }
     Ok(())

@@ -53,8 +53,44 @@ pub enum Command {
     History(HistoryArgs),
     /// Shows the tenants and policies as they were right after a revision.
     State(StateArgs),
+    /// Builds OPA bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Shows the decision for a subject, tenant and action, and the policies behind it.
+    Explain(ExplainArgs),
     /// Generates an admin token and prints it with the SHA-256 that the config takes.
     AdminToken,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Builds the bundle of a revision, byte for byte as it is for that revision.
+    Build {
+        /// The revision; default the latest.
+        #[arg(long)]
+        at: Option<u64>,
+        /// Where to write the tar.gz.
+        #[arg(short = 'o', long = "file")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The user id, as the identity provider's token names it.
+    #[arg(long)]
+    pub user: String,
+    /// A group of the user; repeat for several.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    #[arg(long)]
+    pub tenant: String,
+    /// read, write, rules:read, rules:write or alerts:read.
+    #[arg(long, default_value = "read")]
+    pub action: String,
+    /// Evaluate the bundle of this revision; default the latest.
+    #[arg(long)]
+    pub at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,6 +1,8 @@
-//! Heimdall's policy model: tenants and policies, their validation, and the policy JSON of the
-//! original Heimdall. The Rego policy, bundles and decision engines join this crate later.
+//! Everything about policy: tenants and policies with their validation (accepting the original
+//! Heimdall's policy JSON), the Rego policy, OPA bundles, and the embedded decision engine.
 
+pub mod bundle;
+pub mod engine;
 pub mod policy;
 pub mod tenant;
 

@@ -96,6 +96,43 @@ fn the_cli_manages_tenants_and_policies_on_the_embedded_defaults() {
     let again = stdout(&run(&["policy", "apply", "policies.json"]));
     assert!(again.contains("unchanged"), "{again}");
 
+    let built = stdout(&run(&["bundle", "build", "--at", "2", "-o", "at-2.tar.gz"]));
+    assert!(built.contains("wrote bundle 2-"), "{built}");
+    let explained: serde_json::Value = serde_json::from_str(&stdout(&run(&[
+        "explain",
+        "--user",
+        "alice@acme.com",
+        "--tenant",
+        "acme",
+        "--output",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(explained["decision"]["allowed"], true);
+    assert_eq!(
+        explained["decision"]["filter_sets"],
+        serde_json::json!([["env=\"prod\""]])
+    );
+    assert_eq!(
+        explained["decision"]["policies"],
+        serde_json::json!(["allow-alice-read-acme"])
+    );
+    let denied = stdout(&run(&[
+        "explain", "--user", "bob", "--group", "ops", "--tenant", "acme",
+    ]));
+    assert!(denied.starts_with("denied"), "{denied}");
+    assert!(denied.contains("no policy matches"), "{denied}");
+    let at_one = stdout(&run(&[
+        "explain",
+        "--user",
+        "alice@acme.com",
+        "--tenant",
+        "acme",
+        "--at",
+        "1",
+    ]));
+    assert!(at_one.starts_with("denied (bundle 1-"), "{at_one}");
+
     let history: serde_json::Value =
         serde_json::from_str(&stdout(&run(&["history", "--output", "json"]))).unwrap();
     let events = history.as_array().unwrap();
@@ -120,6 +157,16 @@ fn the_cli_manages_tenants_and_policies_on_the_embedded_defaults() {
     let refused = stderr_of_failure(&run(&["tenant", "delete", "acme"]));
     assert!(refused.contains("allow-alice-read-acme"), "{refused}");
     assert!(stdout(&run(&["tenant", "delete", "acme", "--force"])).contains("revision 3"));
+    run(&["bundle", "build", "--at", "2", "-o", "at-2-again.tar.gz"]);
+    let first = std::fs::read(dir.path().join("at-2.tar.gz")).unwrap();
+    let again = std::fs::read(dir.path().join("at-2-again.tar.gz")).unwrap();
+    assert_eq!(
+        first, again,
+        "a past revision's bundle is rebuilt byte for byte"
+    );
+    let latest_path = dir.path().join("latest.tar.gz");
+    run(&["bundle", "build", "-o", latest_path.to_str().unwrap()]);
+    assert_ne!(std::fs::read(&latest_path).unwrap(), first);
     let missing = stderr_of_failure(&run(&["tenant", "get", "acme"]));
     assert!(missing.contains("tenant acme does not exist"), "{missing}");
 

@@ -1,0 +1,249 @@
+//! OPA bundles: the Rego policy and the data document of one revision, as a tar.gz that any OPA
+//! loads unchanged.
+//!
+//! The same tenants and policies always give the same bytes: entries in a fixed order with fixed
+//! metadata, JSON with sorted keys, gzip without a timestamp. The manifest's revision names both
+//! the event revision and the policy code, so a new policy build is a new bundle revision.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::policy::{Effect, Policy, SubjectKind, TenantScope};
+use crate::tenant::Tenant;
+
+/// The Rego policy every bundle carries.
+pub const AUTHZ_REGO: &str = include_str!("../policy/authz.rego");
+/// The data root the bundle owns: the policy's package and the state document.
+pub const DATA_ROOT: &str = "heimdall";
+/// Where the state document lives below the root (`data.heimdall.state`). Kept apart from the
+/// policy package so that tests can replace the state with `with` without replacing rules.
+pub const STATE_KEY: &str = "state";
+
+const MANIFEST_PATH: &str = ".manifest";
+const DATA_PATH: &str = "heimdall/state/data.json";
+const POLICY_PATH: &str = "heimdall/authz/policy.rego";
+/// Largest entry read from a bundle: refuses decompression bombs.
+const MAX_ENTRY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Why a bundle cannot be built or read.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bundle json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("bundle is malformed: {0}")]
+    Malformed(String),
+}
+
+/// A built bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The manifest revision: `<event revision>-<first 12 hex digits of the policy's SHA-256>`.
+    pub revision: String,
+    /// The tar.gz bytes.
+    pub bytes: Vec<u8>,
+    /// Hex SHA-256 of `bytes`, used as ETag and in notifications.
+    pub digest: String,
+}
+
+/// What a bundle holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleContents {
+    pub revision: String,
+    pub roots: Vec<String>,
+    /// The state document under `data.heimdall.state`.
+    pub data: Value,
+    /// Rego modules by path.
+    pub modules: BTreeMap<String, String>,
+}
+
+/// Returns the manifest revision of event revision `revision` with the built-in policy.
+pub fn bundle_revision(revision: u64) -> String {
+    let policy_digest = hex(&Sha256::digest(AUTHZ_REGO.as_bytes()));
+    format!("{revision}-{}", &policy_digest[..12])
+}
+
+/// Builds the bundle of a state.
+pub fn build(
+    revision: u64,
+    tenants: &[Tenant],
+    policies: &[Policy],
+) -> Result<Bundle, BundleError> {
+    let revision_name = bundle_revision(revision);
+    let manifest = json!({"revision": revision_name, "roots": [DATA_ROOT]});
+    let data = data_document(tenants, policies);
+    let entries: [(&str, Vec<u8>); 3] = [
+        (MANIFEST_PATH, serde_json::to_vec(&manifest)?),
+        (DATA_PATH, serde_json::to_vec(&data)?),
+        (POLICY_PATH, AUTHZ_REGO.as_bytes().to_vec()),
+    ];
+    let encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::default());
+    let mut archive = tar::Builder::new(encoder);
+    archive.mode(tar::HeaderMode::Deterministic);
+    for (path, contents) in &entries {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        archive.append_data(&mut header, path, contents.as_slice())?;
+    }
+    let bytes = archive.into_inner()?.finish()?;
+    let digest = hex(&Sha256::digest(&bytes));
+    Ok(Bundle {
+        revision: revision_name,
+        bytes,
+        digest,
+    })
+}
+
+/// Lays out the state document (`data.heimdall.state`), indexed so that a decision reads only the
+/// policies of the subject's user and groups.
+pub fn data_document(tenants: &[Tenant], policies: &[Policy]) -> Value {
+    let tenants: Map<String, Value> = tenants
+        .iter()
+        .map(|tenant| (tenant.id.to_string(), json!({"name": tenant.display_name})))
+        .collect();
+    let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut by_name = Map::new();
+    for policy in policies {
+        for subject in &policy.subjects {
+            let index = match subject.kind {
+                SubjectKind::User => &mut users,
+                SubjectKind::Group => &mut groups,
+            };
+            index
+                .entry(subject.id.as_str())
+                .or_default()
+                .push(policy.name.as_str());
+        }
+        by_name.insert(policy.name.to_string(), policy_document(policy));
+    }
+    for names in users.values_mut().chain(groups.values_mut()) {
+        names.sort_unstable();
+    }
+    json!({
+        "tenants": tenants,
+        "subjects": {"user": users, "group": groups},
+        "policies": by_name,
+    })
+}
+
+fn policy_document(policy: &Policy) -> Value {
+    let actions: Map<String, Value> = policy
+        .actions
+        .iter()
+        .map(|action| (action.as_str().to_owned(), Value::Bool(true)))
+        .collect();
+    let tenants: Map<String, Value> = policy
+        .scope
+        .tenants
+        .iter()
+        .filter_map(TenantScope::tenant)
+        .map(|tenant| (tenant.to_string(), Value::Bool(true)))
+        .collect();
+    let resources: Map<String, Value> = policy
+        .scope
+        .resources
+        .iter()
+        .map(|resource| (resource.as_str().to_owned(), Value::Bool(true)))
+        .collect();
+    let mut filters: Vec<String> = policy.filters.iter().map(ToString::to_string).collect();
+    filters.sort_unstable();
+    json!({
+        "effect": match policy.effect {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        },
+        "actions": actions,
+        "tenants": tenants,
+        "all_registered": policy.scope.tenants.contains(&TenantScope::AllRegistered),
+        "resources": resources,
+        "filters": filters,
+    })
+}
+
+/// Reads a bundle: its manifest, the state document and the Rego modules.
+pub fn read(bytes: &[u8]) -> Result<BundleContents, BundleError> {
+    let mut archive = tar::Archive::new(GzDecoder::new(bytes));
+    let mut manifest: Option<Value> = None;
+    let mut data: Option<Value> = None;
+    let mut modules = BTreeMap::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.size() > MAX_ENTRY_BYTES {
+            return Err(BundleError::Malformed(
+                "an entry is larger than 256 MiB".to_owned(),
+            ));
+        }
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_owned();
+        let mut contents = Vec::with_capacity(entry.size() as usize);
+        entry
+            .by_ref()
+            .take(MAX_ENTRY_BYTES)
+            .read_to_end(&mut contents)?;
+        match path.as_str() {
+            MANIFEST_PATH => manifest = Some(serde_json::from_slice(&contents)?),
+            DATA_PATH => data = Some(serde_json::from_slice(&contents)?),
+            rego if rego.ends_with(".rego") => {
+                let text = String::from_utf8(contents)
+                    .map_err(|_| BundleError::Malformed(format!("{rego} is not UTF-8")))?;
+                modules.insert(rego.to_owned(), text);
+            }
+            _ => {}
+        }
+    }
+    let manifest = manifest.ok_or_else(|| BundleError::Malformed("no .manifest".to_owned()))?;
+    let revision = manifest["revision"]
+        .as_str()
+        .ok_or_else(|| BundleError::Malformed("manifest without a revision".to_owned()))?
+        .to_owned();
+    let roots = manifest["roots"]
+        .as_array()
+        .map(|roots| {
+            roots
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let data = data.ok_or_else(|| BundleError::Malformed(format!("no {DATA_PATH}")))?;
+    if modules.is_empty() {
+        return Err(BundleError::Malformed("no Rego module".to_owned()));
+    }
+    Ok(BundleContents {
+        revision,
+        roots,
+        data,
+        modules,
+    })
+}
+
+/// Writes bytes as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

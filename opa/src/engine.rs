@@ -1,0 +1,115 @@
+//! The embedded decision engine: the bundle's Rego policy evaluated in-process with regorus.
+
+use regorus::Value as RegoValue;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{self, BundleError};
+
+const DECISION_RULE: &str = "data.heimdall.authz.decision";
+const ACCESSIBLE_TENANTS_RULE: &str = "data.heimdall.authz.accessible_tenants";
+
+/// Why a decision could not be made. Callers must treat it as a denial.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("policy evaluation: {0}")]
+    Evaluation(String),
+}
+
+/// Who asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubjectIdentity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// One question to the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecisionInput {
+    pub subject: SubjectIdentity,
+    pub tenant: String,
+    pub action: String,
+    pub resource: String,
+}
+
+/// The policy's answer for one subject, tenant and action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// An allow policy without filters matched: every series of the tenant is readable.
+    pub unrestricted: bool,
+    /// One set per matching allow policy; matchers ANDed within a set, sets ORed.
+    pub filter_sets: Vec<Vec<String>>,
+    /// The policies that decided: the denying ones when denied, the allowing ones otherwise.
+    pub policies: Vec<String>,
+}
+
+/// The bundle's policy and data, loaded into regorus.
+#[derive(Debug, Clone)]
+pub struct EmbeddedEngine {
+    engine: regorus::Engine,
+    revision: String,
+}
+
+impl EmbeddedEngine {
+    /// Loads a bundle's modules and data.
+    pub fn from_bundle(bytes: &[u8]) -> Result<Self, EngineError> {
+        let contents = bundle::read(bytes)?;
+        let mut engine = regorus::Engine::new();
+        for (path, module) in contents.modules {
+            engine.add_policy(path, module).map_err(evaluation)?;
+        }
+        let data = serde_json::json!({ bundle::DATA_ROOT: { bundle::STATE_KEY: contents.data } });
+        engine
+            .add_data(RegoValue::from_json_str(&data.to_string()).map_err(evaluation)?)
+            .map_err(evaluation)?;
+        Ok(Self {
+            engine,
+            revision: contents.revision,
+        })
+    }
+
+    /// Returns the manifest revision of the loaded bundle.
+    pub fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    /// Evaluates the decision for one input.
+    pub fn decide(&self, input: &DecisionInput) -> Result<Decision, EngineError> {
+        let value = self.evaluate(
+            DECISION_RULE,
+            &serde_json::to_string(input).map_err(evaluation)?,
+        )?;
+        serde_json::from_str(&value.to_json_str().map_err(evaluation)?).map_err(evaluation)
+    }
+
+    /// Returns the tenants `subject` may use for `action`, sorted.
+    pub fn accessible_tenants(
+        &self,
+        subject: &SubjectIdentity,
+        action: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let input =
+            serde_json::json!({"subject": subject, "action": action, "resource": "metrics"});
+        let value = self.evaluate(ACCESSIBLE_TENANTS_RULE, &input.to_string())?;
+        if value == RegoValue::Undefined {
+            return Ok(Vec::new());
+        }
+        let mut tenants: Vec<String> =
+            serde_json::from_str(&value.to_json_str().map_err(evaluation)?).map_err(evaluation)?;
+        tenants.sort_unstable();
+        Ok(tenants)
+    }
+
+    fn evaluate(&self, rule: &str, input_json: &str) -> Result<RegoValue, EngineError> {
+        // Evaluation needs a mutable engine; a clone shares the compiled modules and data.
+        let mut engine = self.engine.clone();
+        engine.set_input(RegoValue::from_json_str(input_json).map_err(evaluation)?);
+        engine.eval_rule(rule.to_owned()).map_err(evaluation)
+    }
+}
+
+fn evaluation(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Evaluation(error.to_string())
+}
