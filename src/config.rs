@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub server: RawServer,
     pub database: RawDatabase,
     pub admin: RawAdmin,
+    pub bundle: RawBundle,
     /// Folder for the embedded defaults: the SQLite database and the generated admin token hash.
     pub data_dir: String,
 }
@@ -64,6 +65,17 @@ pub struct RawAdmin {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBundle {
+    /// Local folder that bundles are published to (`bundles/bundle.tar.gz` and
+    /// `bundles/revisions/<rev>.tar.gz` below it). Empty: `<data_dir>/bundles`.
+    pub dir: String,
+    /// Tokens that may only download bundles, as OPA's `credentials.bearer` sends them. Admin
+    /// tokens may download bundles too.
+    pub tokens: Vec<RawAdminToken>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdminToken {
     pub name: String,
@@ -76,6 +88,7 @@ impl Default for RawConfig {
             server: RawServer::default(),
             database: RawDatabase::default(),
             admin: RawAdmin::default(),
+            bundle: RawBundle::default(),
             data_dir: "heimdall-data".to_owned(),
         }
     }
@@ -118,6 +131,8 @@ pub struct ServeConfig {
     pub database_url: Option<String>,
     pub max_connections: u32,
     pub admin_tokens: Vec<RawAdminToken>,
+    pub bundle_tokens: Vec<RawAdminToken>,
+    pub bundle_dir: PathBuf,
     pub data_dir: PathBuf,
 }
 
@@ -247,17 +262,13 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
     if raw.database.max_connections == 0 {
         bail!("config key database.max_connections: must be at least 1");
     }
-    let mut names = std::collections::HashSet::new();
-    for (index, token) in raw.admin.tokens.iter().enumerate() {
-        heimdall_control_plane::AdminToken::from_hex(&token.name, &token.sha256)
-            .map_err(|reason| anyhow::anyhow!("config key admin.tokens[{index}]: {reason}"))?;
-        if !names.insert(token.name.as_str()) {
-            bail!(
-                "config key admin.tokens[{index}]: name {:?} is used twice",
-                token.name
-            );
-        }
-    }
+    validate_tokens("admin.tokens", &raw.admin.tokens)?;
+    validate_tokens("bundle.tokens", &raw.bundle.tokens)?;
+    let data_dir = PathBuf::from(&raw.data_dir);
+    let bundle_dir = match raw.bundle.dir.trim() {
+        "" => data_dir.join("bundles"),
+        dir => PathBuf::from(dir),
+    };
     Ok(ServeConfig {
         admin_addr,
         http_addr,
@@ -266,8 +277,25 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
         database_url: database_url(&raw.database)?,
         max_connections: raw.database.max_connections,
         admin_tokens: raw.admin.tokens,
-        data_dir: PathBuf::from(raw.data_dir),
+        bundle_tokens: raw.bundle.tokens,
+        bundle_dir,
+        data_dir,
     })
+}
+
+fn validate_tokens(key: &str, tokens: &[RawAdminToken]) -> anyhow::Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for (index, token) in tokens.iter().enumerate() {
+        heimdall_control_plane::AdminToken::from_hex(&token.name, &token.sha256)
+            .map_err(|reason| anyhow::anyhow!("config key {key}[{index}]: {reason}"))?;
+        if !names.insert(token.name.as_str()) {
+            bail!(
+                "config key {key}[{index}]: name {:?} is used twice",
+                token.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_addr(key: &str, raw: &str) -> anyhow::Result<SocketAddr> {

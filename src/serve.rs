@@ -38,12 +38,20 @@ async fn run_control_plane(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     let tokens = admin_tokens(&config)?;
+    let bundle_tokens = config
+        .bundle_tokens
+        .iter()
+        .map(|token| AdminToken::from_hex(&token.name, &token.sha256))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let settings = ControlPlaneSettings {
         database_url,
         max_connections: config.max_connections,
         admin_addr: config.admin_addr,
         http_addr: config.http_addr,
         tokens,
+        bundle_tokens: AdminTokens::new(bundle_tokens),
+        bundle_dir: config.bundle_dir.clone(),
     };
     let shutdown = shutdown_on_signal()?;
     heimdall_control_plane::run(settings, shutdown).await?;

@@ -21,6 +21,8 @@ pub enum ControlPlaneError {
     Database(#[source] sqlx::Error),
     #[error("event at revision {revision} cannot be read: {reason}")]
     CorruptEvent { revision: u64, reason: String },
+    #[error("bundle storage: {0}")]
+    Storage(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("{0}")]
@@ -38,6 +40,7 @@ impl ControlPlaneError {
             Self::Conflict(_) => ErrorCode::Conflict,
             Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Self::Database(error) if is_unavailable(error) => ErrorCode::Unavailable,
+            Self::Storage(_) => ErrorCode::Unavailable,
             Self::Database(_) | Self::CorruptEvent { .. } | Self::Config(_) | Self::Internal(_) => {
                 ErrorCode::Internal
             }

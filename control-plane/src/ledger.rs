@@ -5,7 +5,7 @@
 //! decision never rests on a stale view, and revisions are gap-free across processes.
 
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use heimdall_opa::PolicyName;
 
@@ -50,6 +50,8 @@ pub struct Ledger {
     store: EventStore,
     state: Mutex<State>,
     metrics: ControlPlaneMetrics,
+    /// The projection's revision, for those who follow new commits (the bundle publisher).
+    head: watch::Sender<u64>,
 }
 
 impl Ledger {
@@ -67,11 +69,27 @@ impl Ledger {
             "rebuilt projection"
         );
         metrics.observe_state(&state);
+        let head = watch::Sender::new(state.revision);
         Ok(Self {
             store,
             state: Mutex::new(state),
             metrics,
+            head,
         })
+    }
+
+    /// Follows the projection's revision: it changes after each commit and each catch-up.
+    pub fn subscribe_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    fn observe(&self, state: &State) {
+        self.metrics.observe_state(state);
+        self.head.send_if_modified(|head| {
+            let advanced = state.revision > *head;
+            *head = (*head).max(state.revision);
+            advanced
+        });
     }
 
     pub fn store(&self) -> &EventStore {
@@ -99,7 +117,7 @@ impl Ledger {
             state.apply(event)?;
         }
         if !newer.is_empty() {
-            self.metrics.observe_state(state);
+            self.observe(state);
         }
         Ok(())
     }
@@ -214,7 +232,7 @@ impl Ledger {
             .events_appended
             .inc_by(stored_events.len() as u64);
         *state = next;
-        self.metrics.observe_state(&state);
+        self.observe(&state);
         let applied = decision
             .applied
             .into_iter()

@@ -15,6 +15,11 @@ pub struct ControlPlaneMetrics {
     pub revision: IntGauge,
     pub active_tenants: IntGauge,
     pub policies: IntGauge,
+    pub bundle_rebuilds: IntCounter,
+    pub bundle_publish_failures: IntCounter,
+    pub bundle_published_revision: IntGauge,
+    pub bundle_size_bytes: IntGauge,
+    pub bundle_requests: IntCounterVec,
 }
 
 impl ControlPlaneMetrics {
@@ -42,6 +47,29 @@ impl ControlPlaneMetrics {
             revision: IntGauge::new("heimdall_revision", "Latest revision of the projection")?,
             active_tenants: IntGauge::new("heimdall_active_tenants", "Registered tenants")?,
             policies: IntGauge::new("heimdall_policies", "Current policies")?,
+            bundle_rebuilds: IntCounter::new(
+                "heimdall_bundle_rebuilds_total",
+                "OPA bundles built for new revisions",
+            )?,
+            bundle_publish_failures: IntCounter::new(
+                "heimdall_bundle_publish_failures_total",
+                "Failed attempts to write bundles to object storage",
+            )?,
+            bundle_published_revision: IntGauge::new(
+                "heimdall_bundle_published_revision",
+                "Newest revision whose bundle is in object storage",
+            )?,
+            bundle_size_bytes: IntGauge::new(
+                "heimdall_bundle_size_bytes",
+                "Size of the latest bundle",
+            )?,
+            bundle_requests: IntCounterVec::new(
+                Opts::new(
+                    "heimdall_bundle_requests_total",
+                    "Bundle endpoint requests by status",
+                ),
+                &["status"],
+            )?,
         };
         registry.register(Box::new(metrics.admin_requests.clone()))?;
         registry.register(Box::new(metrics.admin_request_duration.clone()))?;
@@ -49,6 +77,11 @@ impl ControlPlaneMetrics {
         registry.register(Box::new(metrics.revision.clone()))?;
         registry.register(Box::new(metrics.active_tenants.clone()))?;
         registry.register(Box::new(metrics.policies.clone()))?;
+        registry.register(Box::new(metrics.bundle_rebuilds.clone()))?;
+        registry.register(Box::new(metrics.bundle_publish_failures.clone()))?;
+        registry.register(Box::new(metrics.bundle_published_revision.clone()))?;
+        registry.register(Box::new(metrics.bundle_size_bytes.clone()))?;
+        registry.register(Box::new(metrics.bundle_requests.clone()))?;
         Ok(metrics)
     }
 

@@ -2,6 +2,7 @@
 //! gRPC API and the HTTP listener until shutdown is signalled.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use tokio::sync::watch;
 
 use crate::api::AdminApi;
 use crate::auth::AdminTokens;
+use crate::bundle::Publisher;
 use crate::error::ControlPlaneError;
+use crate::http::HttpState;
 use crate::ledger::Ledger;
 use crate::metrics::ControlPlaneMetrics;
 use crate::store::EventStore;
@@ -31,6 +34,10 @@ pub struct ControlPlaneSettings {
     /// Where health, readiness and metrics are served.
     pub http_addr: SocketAddr,
     pub tokens: AdminTokens,
+    /// Tokens that may only download bundles (OPA's `credentials.bearer`).
+    pub bundle_tokens: AdminTokens,
+    /// The local folder that bundles are published to.
+    pub bundle_dir: PathBuf,
 }
 
 /// Serves until `shutdown` turns true, then drains in-flight requests and returns.
@@ -58,7 +65,18 @@ pub async fn run(
         "control plane listening"
     );
 
+    let object_store = local_bundle_store(&settings.bundle_dir)?;
+    let (publisher, bundles) = Publisher::new(store.clone(), object_store, metrics.clone());
+    let publishing = tokio::spawn(publisher.run(ledger.subscribe_head(), shutdown.clone()));
     let catch_up = tokio::spawn(catch_up_periodically(ledger.clone(), shutdown.clone()));
+    let http_state = HttpState {
+        store,
+        registry,
+        ledger: ledger.clone(),
+        bundles,
+        bundle_readers: vec![settings.bundle_tokens, settings.tokens.clone()],
+        metrics: metrics.clone(),
+    };
     let api = AdminApi::new(ledger, settings.tokens, metrics);
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
@@ -67,11 +85,12 @@ pub async fn run(
             tonic::transport::server::TcpIncoming::from(admin_listener),
             async move { stopped(&mut grpc_shutdown).await },
         );
-    let http = axum::serve(http_listener, crate::http::router(store, registry))
+    let http = axum::serve(http_listener, crate::http::router(http_state))
         .with_graceful_shutdown(async move { stopped(&mut shutdown).await });
 
     let (grpc_result, http_result) = tokio::join!(grpc, http);
     catch_up.abort();
+    publishing.abort();
     grpc_result.map_err(|error| ControlPlaneError::Internal(format!("admin server: {error}")))?;
     http_result.map_err(|error| ControlPlaneError::Internal(format!("http server: {error}")))?;
     tracing::info!("control plane stopped");
@@ -95,6 +114,18 @@ async fn catch_up_periodically(ledger: Arc<Ledger>, mut shutdown: watch::Receive
 /// Resolves once shutdown is signalled (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Opens the local folder that bundles are published to, creating it if needed.
+fn local_bundle_store(
+    dir: &std::path::Path,
+) -> Result<Arc<dyn object_store::ObjectStore>, ControlPlaneError> {
+    let config_error =
+        |error: String| ControlPlaneError::Config(format!("bundle.dir {}: {error}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(|error| config_error(error.to_string()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .map_err(|error| config_error(error.to_string()))?;
+    Ok(Arc::new(store))
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, ControlPlaneError> {

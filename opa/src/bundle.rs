@@ -70,10 +70,10 @@ pub fn bundle_revision(revision: u64) -> String {
 }
 
 /// Builds the bundle of a state.
-pub fn build(
+pub fn build<'a>(
     revision: u64,
-    tenants: &[Tenant],
-    policies: &[Policy],
+    tenants: impl IntoIterator<Item = &'a Tenant>,
+    policies: impl IntoIterator<Item = &'a Policy>,
 ) -> Result<Bundle, BundleError> {
     let revision_name = bundle_revision(revision);
     let manifest = json!({"revision": revision_name, "roots": [DATA_ROOT]});
@@ -109,9 +109,12 @@ pub fn build(
 
 /// Lays out the state document (`data.heimdall.state`), indexed so that a decision reads only the
 /// policies of the subject's user and groups.
-pub fn data_document(tenants: &[Tenant], policies: &[Policy]) -> Value {
+pub fn data_document<'a>(
+    tenants: impl IntoIterator<Item = &'a Tenant>,
+    policies: impl IntoIterator<Item = &'a Policy>,
+) -> Value {
     let tenants: Map<String, Value> = tenants
-        .iter()
+        .into_iter()
         .map(|tenant| (tenant.id.to_string(), json!({"name": tenant.display_name})))
         .collect();
     let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();

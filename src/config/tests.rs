@@ -28,6 +28,7 @@ fn no_file_gives_the_embedded_defaults() {
     assert_eq!(config.database_url, None);
     assert_eq!(config.data_dir, PathBuf::from("heimdall-data"));
     assert!(config.admin_tokens.is_empty());
+    assert_eq!(config.bundle_dir, PathBuf::from("heimdall-data/bundles"));
 }
 
 #[test]
@@ -90,6 +91,7 @@ fn every_key_has_an_environment_override() {
             ("HEIMDALL_DATABASE_MAX_CONNECTIONS", "3"),
             ("HEIMDALL_ADMIN_TOKENS", &tokens),
             ("HEIMDALL_DATA_DIR", "/var/lib/heimdall"),
+            ("HEIMDALL_BUNDLE_DIR", "/srv/bundles"),
         ],
     )
     .unwrap();
@@ -104,6 +106,7 @@ fn every_key_has_an_environment_override() {
     assert_eq!(config.max_connections, 3);
     assert_eq!(config.admin_tokens[0].name, "ci");
     assert_eq!(config.data_dir, PathBuf::from("/var/lib/heimdall"));
+    assert_eq!(config.bundle_dir, PathBuf::from("/srv/bundles"));
 }
 
 #[test]
@@ -116,6 +119,8 @@ fn the_override_list_covers_every_leaf_key() {
         "HEIMDALL_DATABASE_DSN",
         "HEIMDALL_DATABASE_DRIVER",
         "HEIMDALL_DATA_DIR",
+        "HEIMDALL_BUNDLE_DIR",
+        "HEIMDALL_BUNDLE_TOKENS",
     ] {
         assert!(
             variables.contains(&expected.to_owned()),

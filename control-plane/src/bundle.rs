@@ -1,0 +1,264 @@
+//! Bundle publishing: every committed revision becomes an OPA bundle, written to object storage
+//! under an immutable per-revision key and the stable latest key, and kept in memory for the
+//! HTTP endpoint.
+//!
+//! Publishing never holds up a commit. When the store fails, the publisher retries with backoff,
+//! reports the failure (readiness says so), and on recovery writes every revision it missed, so
+//! the bucket never has a hole. The in-memory latest bundle follows the database regardless.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use heimdall_opa::bundle::{self, Bundle};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::watch;
+
+use crate::error::ControlPlaneError;
+use crate::metrics::ControlPlaneMetrics;
+use crate::projection::State;
+use crate::store::EventStore;
+
+/// The stable key of the newest bundle.
+pub const LATEST_KEY: &str = "bundles/bundle.tar.gz";
+/// Backoff between failed attempts to write to the store.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Returns the immutable key of one revision's bundle.
+pub fn revision_key(revision: u64) -> String {
+    format!("bundles/revisions/{revision}.tar.gz")
+}
+
+/// Builds the bundle of a projected state.
+pub fn bundle_of(state: &State) -> Result<Bundle, ControlPlaneError> {
+    let tenants = state.tenants.values().map(|record| &record.tenant);
+    let policies = state.policies.values().map(|record| &record.policy);
+    bundle::build(state.revision, tenants, policies)
+        .map_err(|error| ControlPlaneError::Internal(format!("building bundle: {error}")))
+}
+
+/// How publishing to the object store goes, for readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishHealth {
+    /// The newest revision known to be in the store (its latest key and every revision key).
+    pub stored_revision: u64,
+    /// The last error, while writing keeps failing.
+    pub failing: Option<String>,
+}
+
+/// What the HTTP endpoint reads: the latest bundle and the publisher's health.
+#[derive(Clone)]
+pub struct PublishedBundles {
+    latest: watch::Receiver<Option<Arc<Bundle>>>,
+    health: Arc<Mutex<PublishHealth>>,
+}
+
+impl PublishedBundles {
+    /// Returns the newest bundle, once one is built.
+    pub fn latest(&self) -> Option<Arc<Bundle>> {
+        self.latest.borrow().clone()
+    }
+
+    /// Waits until the latest bundle differs from the one with `digest`, and returns it.
+    pub async fn changed_from(&self, digest: &str) -> Option<Arc<Bundle>> {
+        let mut latest = self.latest.clone();
+        let changed = latest
+            .wait_for(|bundle| {
+                bundle
+                    .as_ref()
+                    .is_some_and(|bundle| bundle.digest != digest)
+            })
+            .await
+            .ok()?;
+        changed.clone()
+    }
+
+    pub fn health(&self) -> PublishHealth {
+        self.health
+            .lock()
+            .map(|health| health.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Builds and stores bundles as the ledger's revision advances.
+pub struct Publisher {
+    events: EventStore,
+    store: Arc<dyn ObjectStore>,
+    metrics: ControlPlaneMetrics,
+    latest: watch::Sender<Option<Arc<Bundle>>>,
+    health: Arc<Mutex<PublishHealth>>,
+}
+
+impl Publisher {
+    /// Creates the publisher and the handle the HTTP endpoint reads.
+    pub fn new(
+        events: EventStore,
+        store: Arc<dyn ObjectStore>,
+        metrics: ControlPlaneMetrics,
+    ) -> (Self, PublishedBundles) {
+        let (latest, latest_receiver) = watch::channel(None);
+        let health = Arc::new(Mutex::new(PublishHealth::default()));
+        let bundles = PublishedBundles {
+            latest: latest_receiver,
+            health: health.clone(),
+        };
+        (
+            Self {
+                events,
+                store,
+                metrics,
+                latest,
+                health,
+            },
+            bundles,
+        )
+    }
+
+    /// Publishes until shutdown: first what the store lacks, then each new revision.
+    pub async fn run(self, mut head: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+        let mut live = State::default();
+        let mut archived: Option<State> = None;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let target = *head.borrow_and_update();
+            let outcome = self.advance(&mut live, &mut archived, target).await;
+            let retry_after = match outcome {
+                Ok(()) => {
+                    backoff = FIRST_BACKOFF;
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "bundle publishing failed");
+                    self.metrics.bundle_publish_failures.inc();
+                    self.update_health(|health| health.failing = Some(error.to_string()));
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Some(wait)
+                }
+            };
+            tokio::select! {
+                () = wait_for_retry(retry_after) => {}
+                changed = head.changed(), if retry_after.is_none() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Brings the in-memory bundle and then the store up to `target`.
+    async fn advance(
+        &self,
+        live: &mut State,
+        archived: &mut Option<State>,
+        target: u64,
+    ) -> Result<(), ControlPlaneError> {
+        if live.revision < target {
+            self.fold(live, target).await?;
+            let bundle = Arc::new(bundle_of(live)?);
+            self.metrics.bundle_rebuilds.inc();
+            self.metrics
+                .bundle_size_bytes
+                .set(bundle.bytes.len() as i64);
+            tracing::info!(revision = %bundle.revision, bytes = bundle.bytes.len(), "built bundle");
+            self.latest.send_replace(Some(bundle));
+        }
+        if archived.is_none() {
+            let stored = self.stored_revision().await?;
+            let mut state = State::default();
+            self.fold(&mut state, stored.min(target)).await?;
+            *archived = Some(state);
+        }
+        let archived = archived.as_mut().expect("set just above");
+        while archived.revision < target {
+            self.fold(archived, archived.revision + 1).await?;
+            let bundle = bundle_of(archived)?;
+            self.put_revision(archived.revision, &bundle).await?;
+            if archived.revision == target {
+                self.put_latest(archived.revision, &bundle).await?;
+            }
+            let stored_revision = archived.revision;
+            self.metrics
+                .bundle_published_revision
+                .set(stored_revision as i64);
+            self.update_health(|health| health.stored_revision = stored_revision);
+        }
+        self.update_health(|health| health.failing = None);
+        Ok(())
+    }
+
+    /// Applies the events after `state.revision` up to `target`.
+    async fn fold(&self, state: &mut State, target: u64) -> Result<(), ControlPlaneError> {
+        for event in self.events.events_in_range(state.revision, target).await? {
+            state.apply(&event)?;
+        }
+        Ok(())
+    }
+
+    /// Returns the revision of the bundle under the latest key, 0 if there is none.
+    async fn stored_revision(&self) -> Result<u64, ControlPlaneError> {
+        let bytes = match self.store.get(&Path::from(LATEST_KEY)).await {
+            Ok(result) => result.bytes().await.map_err(storage)?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(0),
+            Err(error) => return Err(storage(error)),
+        };
+        let contents = bundle::read(&bytes)
+            .map_err(|error| ControlPlaneError::Internal(format!("{LATEST_KEY}: {error}")))?;
+        let number = contents.revision.split('-').next().unwrap_or_default();
+        number.parse().map_err(|_| {
+            ControlPlaneError::Internal(format!("{LATEST_KEY}: revision {:?}", contents.revision))
+        })
+    }
+
+    /// Writes an immutable revision key; one that exists already is left as it is.
+    async fn put_revision(&self, revision: u64, bundle: &Bundle) -> Result<(), ControlPlaneError> {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let payload = PutPayload::from(bundle.bytes.clone());
+        match self
+            .store
+            .put_opts(&Path::from(revision_key(revision)), payload, options)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(error) => Err(storage(error)),
+        }
+    }
+
+    /// Writes the latest key unless another control plane already stored a newer revision.
+    async fn put_latest(&self, revision: u64, bundle: &Bundle) -> Result<(), ControlPlaneError> {
+        if self.stored_revision().await? > revision {
+            return Ok(());
+        }
+        let payload = PutPayload::from(bundle.bytes.clone());
+        self.store
+            .put(&Path::from(LATEST_KEY), payload)
+            .await
+            .map_err(storage)?;
+        tracing::info!(revision = %bundle.revision, digest = %bundle.digest, "published bundle");
+        Ok(())
+    }
+
+    fn update_health(&self, change: impl FnOnce(&mut PublishHealth)) {
+        if let Ok(mut health) = self.health.lock() {
+            change(&mut health);
+        }
+    }
+}
+
+async fn wait_for_retry(delay: Option<Duration>) {
+    match delay {
+        Some(delay) => tokio::time::sleep(delay).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn storage(error: object_store::Error) -> ControlPlaneError {
+    ControlPlaneError::Storage(error.to_string())
+}
