@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub database: RawDatabase,
     pub admin: RawAdmin,
     pub bundle: RawBundle,
+    pub nats: RawNats,
     /// Folder for the embedded defaults: the SQLite database and the generated admin token hash.
     pub data_dir: String,
 }
@@ -75,6 +76,24 @@ pub struct RawBundle {
     pub tokens: Vec<RawAdminToken>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNats {
+    /// NATS server for change notifications (`nats://host:4222`). Empty: in-process only.
+    pub url: String,
+    /// Notifications are published on `<subject_prefix>.revisions`.
+    pub subject_prefix: String,
+}
+
+impl Default for RawNats {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            subject_prefix: "heimdall".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdminToken {
@@ -89,6 +108,7 @@ impl Default for RawConfig {
             database: RawDatabase::default(),
             admin: RawAdmin::default(),
             bundle: RawBundle::default(),
+            nats: RawNats::default(),
             data_dir: "heimdall-data".to_owned(),
         }
     }
@@ -133,6 +153,8 @@ pub struct ServeConfig {
     pub admin_tokens: Vec<RawAdminToken>,
     pub bundle_tokens: Vec<RawAdminToken>,
     pub bundle_dir: PathBuf,
+    pub nats_url: Option<String>,
+    pub nats_subject_prefix: String,
     pub data_dir: PathBuf,
 }
 
@@ -265,6 +287,26 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
     validate_tokens("admin.tokens", &raw.admin.tokens)?;
     validate_tokens("bundle.tokens", &raw.bundle.tokens)?;
     let data_dir = PathBuf::from(&raw.data_dir);
+    let nats_url = match raw.nats.url.trim() {
+        "" => None,
+        url if url.starts_with("nats://") || url.starts_with("tls://") => Some(url.to_owned()),
+        other => bail!("config key nats.url: {other:?} must start with nats:// or tls://"),
+    };
+    let prefix_ok = |prefix: &str| {
+        !prefix.is_empty()
+            && prefix.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            })
+    };
+    if !prefix_ok(&raw.nats.subject_prefix) {
+        bail!(
+            "config key nats.subject_prefix: {:?} is not a NATS subject",
+            raw.nats.subject_prefix
+        );
+    }
     let bundle_dir = match raw.bundle.dir.trim() {
         "" => data_dir.join("bundles"),
         dir => PathBuf::from(dir),
@@ -279,6 +321,8 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
         admin_tokens: raw.admin.tokens,
         bundle_tokens: raw.bundle.tokens,
         bundle_dir,
+        nats_url,
+        nats_subject_prefix: raw.nats.subject_prefix,
         data_dir,
     })
 }

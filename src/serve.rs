@@ -52,6 +52,8 @@ async fn run_control_plane(config: ServeConfig) -> anyhow::Result<()> {
         tokens,
         bundle_tokens: AdminTokens::new(bundle_tokens),
         bundle_dir: config.bundle_dir.clone(),
+        nats_url: config.nats_url.clone(),
+        nats_subject_prefix: config.nats_subject_prefix.clone(),
     };
     let shutdown = shutdown_on_signal()?;
     heimdall_control_plane::run(settings, shutdown).await?;

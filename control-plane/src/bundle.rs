@@ -9,13 +9,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use heimdall_opa::bundle::{self, Bundle};
+use heimdall_opa::{Policy, TenantScope};
+use heimdall_proto::events::RevisionNotification;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::watch;
 
 use crate::error::ControlPlaneError;
+use crate::events::DomainEvent;
 use crate::metrics::ControlPlaneMetrics;
+use crate::notify::Notifier;
 use crate::projection::State;
 use crate::store::EventStore;
 
@@ -52,6 +58,7 @@ pub struct PublishHealth {
 pub struct PublishedBundles {
     latest: watch::Receiver<Option<Arc<Bundle>>>,
     health: Arc<Mutex<PublishHealth>>,
+    notifier: Notifier,
 }
 
 impl PublishedBundles {
@@ -74,6 +81,11 @@ impl PublishedBundles {
         changed.clone()
     }
 
+    /// Returns whether the change notifier's NATS connection, if any, is up.
+    pub fn notifications_connected(&self) -> bool {
+        self.notifier.nats_connected()
+    }
+
     pub fn health(&self) -> PublishHealth {
         self.health
             .lock()
@@ -87,8 +99,29 @@ pub struct Publisher {
     events: EventStore,
     store: Arc<dyn ObjectStore>,
     metrics: ControlPlaneMetrics,
+    notifier: Notifier,
     latest: watch::Sender<Option<Arc<Bundle>>>,
     health: Arc<Mutex<PublishHealth>>,
+}
+
+/// The tenants a stretch of events may have changed decisions for.
+#[derive(Debug, Default)]
+struct ChangedTenants {
+    tenants: BTreeSet<String>,
+    all: bool,
+}
+
+impl ChangedTenants {
+    fn add_scope(&mut self, policy: &Policy) {
+        for scope in &policy.scope.tenants {
+            match scope {
+                TenantScope::AllRegistered => self.all = true,
+                TenantScope::Tenant(id) => {
+                    self.tenants.insert(id.to_string());
+                }
+            }
+        }
+    }
 }
 
 impl Publisher {
@@ -97,23 +130,24 @@ impl Publisher {
         events: EventStore,
         store: Arc<dyn ObjectStore>,
         metrics: ControlPlaneMetrics,
+        notifier: Notifier,
     ) -> (Self, PublishedBundles) {
         let (latest, latest_receiver) = watch::channel(None);
         let health = Arc::new(Mutex::new(PublishHealth::default()));
         let bundles = PublishedBundles {
             latest: latest_receiver,
             health: health.clone(),
+            notifier: notifier.clone(),
         };
-        (
-            Self {
-                events,
-                store,
-                metrics,
-                latest,
-                health,
-            },
-            bundles,
-        )
+        let publisher = Self {
+            events,
+            store,
+            metrics,
+            notifier,
+            latest,
+            health,
+        };
+        (publisher, bundles)
     }
 
     /// Publishes until shutdown: first what the store lacks, then each new revision.
@@ -157,14 +191,23 @@ impl Publisher {
         archived: &mut Option<State>,
         target: u64,
     ) -> Result<(), ControlPlaneError> {
-        if live.revision < target {
-            self.fold(live, target).await?;
+        let first_build = self.latest.borrow().is_none();
+        if live.revision < target || first_build {
+            let changed = self.fold_live(live, target).await?;
             let bundle = Arc::new(bundle_of(live)?);
             self.metrics.bundle_rebuilds.inc();
             self.metrics
                 .bundle_size_bytes
                 .set(bundle.bytes.len() as i64);
             tracing::info!(revision = %bundle.revision, bytes = bundle.bytes.len(), "built bundle");
+            self.notifier.notify(RevisionNotification {
+                revision: live.revision,
+                bundle_revision: bundle.revision.clone(),
+                bundle_digest: bundle.digest.clone(),
+                changed_tenants: changed.tenants.into_iter().collect(),
+                // The first build after start is the announcement of the latest revision.
+                all_tenants: changed.all || first_build,
+            });
             self.latest.send_replace(Some(bundle));
         }
         if archived.is_none() {
@@ -189,6 +232,45 @@ impl Publisher {
         }
         self.update_health(|health| health.failing = None);
         Ok(())
+    }
+
+    /// Folds the live state up to `target`, noting whose decisions the events may change.
+    async fn fold_live(
+        &self,
+        live: &mut State,
+        target: u64,
+    ) -> Result<ChangedTenants, ControlPlaneError> {
+        let mut changed = ChangedTenants::default();
+        for stored in self.events.events_in_range(live.revision, target).await? {
+            let event =
+                DomainEvent::decode(&stored.event_type, stored.schema_version, &stored.payload)
+                    .map_err(|reason| ControlPlaneError::CorruptEvent {
+                        revision: stored.revision,
+                        reason,
+                    })?;
+            match &event {
+                DomainEvent::TenantCreated(tenant) => {
+                    changed.tenants.insert(tenant.id.to_string());
+                }
+                DomainEvent::TenantDeleted { id, .. } => {
+                    changed.tenants.insert(id.to_string());
+                }
+                DomainEvent::PolicyCreated(policy) | DomainEvent::PolicyReplaced(policy) => {
+                    changed.add_scope(policy);
+                }
+                DomainEvent::PolicyDeleted(_) => {}
+            }
+            let previous = match &event {
+                DomainEvent::PolicyReplaced(policy) => live.policies.get(&policy.name),
+                DomainEvent::PolicyDeleted(name) => live.policies.get(name),
+                _ => None,
+            };
+            if let Some(previous) = previous.map(|record| record.policy.clone()) {
+                changed.add_scope(&previous);
+            }
+            live.apply(&stored)?;
+        }
+        Ok(changed)
     }
 
     /// Applies the events after `state.revision` up to `target`.

@@ -74,6 +74,12 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
             );
         }
     }
+    if !state.bundles.notifications_connected() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "nats disconnected\n".to_owned(),
+        );
+    }
     if let Some(error) = state.bundles.health().failing {
         let message = format!("bundle publishing failing: {error}\n");
         return (StatusCode::SERVICE_UNAVAILABLE, message);

@@ -12,6 +12,7 @@ pub mod events;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod notify;
 pub mod projection;
 pub mod server;
 pub mod store;

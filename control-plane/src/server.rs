@@ -18,6 +18,7 @@ use crate::error::ControlPlaneError;
 use crate::http::HttpState;
 use crate::ledger::Ledger;
 use crate::metrics::ControlPlaneMetrics;
+use crate::notify::Notifier;
 use crate::store::EventStore;
 
 /// How often an idle control plane catches up with what other replicas committed, so that its
@@ -38,6 +39,10 @@ pub struct ControlPlaneSettings {
     pub bundle_tokens: AdminTokens,
     /// The local folder that bundles are published to.
     pub bundle_dir: PathBuf,
+    /// NATS server for change notifications; None: in-process notifications only.
+    pub nats_url: Option<String>,
+    /// Notifications go to `<prefix>.revisions`.
+    pub nats_subject_prefix: String,
 }
 
 /// Serves until `shutdown` turns true, then drains in-flight requests and returns.
@@ -66,7 +71,12 @@ pub async fn run(
     );
 
     let object_store = local_bundle_store(&settings.bundle_dir)?;
-    let (publisher, bundles) = Publisher::new(store.clone(), object_store, metrics.clone());
+    let notifier = match &settings.nats_url {
+        Some(url) => Notifier::with_nats(url, &settings.nats_subject_prefix).await?,
+        None => Notifier::in_process(),
+    };
+    let (publisher, bundles) =
+        Publisher::new(store.clone(), object_store, metrics.clone(), notifier);
     let publishing = tokio::spawn(publisher.run(ledger.subscribe_head(), shutdown.clone()));
     let catch_up = tokio::spawn(catch_up_periodically(ledger.clone(), shutdown.clone()));
     let http_state = HttpState {

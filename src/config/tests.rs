@@ -62,6 +62,11 @@ fn wrong_values_name_their_key() {
             "database:\n  max_connections: many\n",
             "config key database.max_connections",
         ),
+        ("nats:\n  url: localhost:4222\n", "config key nats.url"),
+        (
+            "nats:\n  subject_prefix: \"a..b\"\n",
+            "config key nats.subject_prefix",
+        ),
         (
             "admin:\n  tokens:\n    - name: ci\n      sha256: abc\n",
             "config key admin.tokens[0]",
@@ -121,6 +126,8 @@ fn the_override_list_covers_every_leaf_key() {
         "HEIMDALL_DATA_DIR",
         "HEIMDALL_BUNDLE_DIR",
         "HEIMDALL_BUNDLE_TOKENS",
+        "HEIMDALL_NATS_URL",
+        "HEIMDALL_NATS_SUBJECT_PREFIX",
     ] {
         assert!(
             variables.contains(&expected.to_owned()),
