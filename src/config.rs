@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use heimdall_control_plane::bundle::{BundleStorage, S3Storage};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
@@ -71,9 +72,38 @@ pub struct RawBundle {
     /// Local folder that bundles are published to (`bundles/bundle.tar.gz` and
     /// `bundles/revisions/<rev>.tar.gz` below it). Empty: `<data_dir>/bundles`.
     pub dir: String,
+    /// `s3://bucket[/prefix]`: publish to S3 or an S3-compatible store instead of `dir`.
+    pub url: String,
+    pub s3: RawS3,
     /// Tokens that may only download bundles, as OPA's `credentials.bearer` sends them. Admin
     /// tokens may download bundles too.
     pub tokens: Vec<RawAdminToken>,
+}
+
+/// S3 settings. Empty credentials come from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawS3 {
+    /// An S3-compatible endpoint such as `http://127.0.0.1:8333`. Empty: AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// Allows a plain-HTTP endpoint.
+    pub allow_http: bool,
+    pub access_key_id: String,
+    /// Prefer `HEIMDALL_BUNDLE_S3_SECRET_ACCESS_KEY` or `AWS_SECRET_ACCESS_KEY` to the file.
+    pub secret_access_key: String,
+}
+
+/// Never prints the secret key.
+impl std::fmt::Debug for RawS3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawS3")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +182,7 @@ pub struct ServeConfig {
     pub max_connections: u32,
     pub admin_tokens: Vec<RawAdminToken>,
     pub bundle_tokens: Vec<RawAdminToken>,
-    pub bundle_dir: PathBuf,
+    pub bundle_storage: BundleStorage,
     pub nats_url: Option<String>,
     pub nats_subject_prefix: String,
     pub data_dir: PathBuf,
@@ -307,10 +337,7 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
             raw.nats.subject_prefix
         );
     }
-    let bundle_dir = match raw.bundle.dir.trim() {
-        "" => data_dir.join("bundles"),
-        dir => PathBuf::from(dir),
-    };
+    let bundle_storage = bundle_storage(&raw.bundle, &data_dir)?;
     Ok(ServeConfig {
         admin_addr,
         http_addr,
@@ -320,11 +347,42 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
         max_connections: raw.database.max_connections,
         admin_tokens: raw.admin.tokens,
         bundle_tokens: raw.bundle.tokens,
-        bundle_dir,
+        bundle_storage,
         nats_url,
         nats_subject_prefix: raw.nats.subject_prefix,
         data_dir,
     })
+}
+
+fn bundle_storage(bundle: &RawBundle, data_dir: &Path) -> anyhow::Result<BundleStorage> {
+    let url = bundle.url.trim();
+    if url.is_empty() {
+        let dir = match bundle.dir.trim() {
+            "" => data_dir.join("bundles"),
+            dir => PathBuf::from(dir),
+        };
+        return Ok(BundleStorage::LocalDir(dir));
+    }
+    if !bundle.dir.trim().is_empty() {
+        bail!("config key bundle.url: give either bundle.dir or bundle.url, not both");
+    }
+    let Some(location) = url.strip_prefix("s3://") else {
+        bail!("config key bundle.url: {url:?} must start with s3://");
+    };
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    if bucket.is_empty() {
+        bail!("config key bundle.url: {url:?} names no bucket");
+    }
+    let optional = |value: &str| Some(value.trim().to_owned()).filter(|value| !value.is_empty());
+    Ok(BundleStorage::S3(S3Storage {
+        bucket: bucket.to_owned(),
+        prefix: prefix.trim_matches('/').to_owned(),
+        endpoint: optional(&bundle.s3.endpoint),
+        region: optional(&bundle.s3.region),
+        allow_http: bundle.s3.allow_http,
+        access_key_id: optional(&bundle.s3.access_key_id),
+        secret_access_key: optional(&bundle.s3.secret_access_key),
+    }))
 }
 
 fn validate_tokens(key: &str, tokens: &[RawAdminToken]) -> anyhow::Result<()> {

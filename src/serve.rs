@@ -51,7 +51,7 @@ async fn run_control_plane(config: ServeConfig) -> anyhow::Result<()> {
         http_addr: config.http_addr,
         tokens,
         bundle_tokens: AdminTokens::new(bundle_tokens),
-        bundle_dir: config.bundle_dir.clone(),
+        bundle_storage: config.bundle_storage.clone(),
         nats_url: config.nats_url.clone(),
         nats_subject_prefix: config.nats_subject_prefix.clone(),
     };

@@ -31,6 +31,108 @@ pub const LATEST_KEY: &str = "bundles/bundle.tar.gz";
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Where bundles are published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleStorage {
+    /// A local folder.
+    LocalDir(std::path::PathBuf),
+    /// An S3 bucket or S3-compatible store.
+    S3(S3Storage),
+}
+
+/// An S3 or S3-compatible location. Credentials left empty come from the standard `AWS_*`
+/// environment variables.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Storage {
+    pub bucket: String,
+    /// Key prefix inside the bucket, without a leading or trailing `/`.
+    pub prefix: String,
+    /// An S3-compatible endpoint (SeaweedFS, MinIO); None: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+/// Never prints the secret key.
+impl std::fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl std::fmt::Display for BundleStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::LocalDir(dir) => write!(f, "file://{}", dir.display()),
+            Self::S3(s3) => write!(f, "s3://{}/{}", s3.bucket, s3.prefix),
+        }
+    }
+}
+
+impl BundleStorage {
+    /// Opens the store; a local folder is created if missing.
+    pub fn open(&self) -> Result<Arc<dyn ObjectStore>, ControlPlaneError> {
+        let config_error =
+            |error: String| ControlPlaneError::Config(format!("bundle storage {self}: {error}"));
+        match self {
+            Self::LocalDir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|error| config_error(error.to_string()))?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|error| config_error(error.to_string()))?;
+                Ok(Arc::new(store))
+            }
+            Self::S3(s3) => {
+                // Fail fast and let the publisher's own backoff retry, so that readiness
+                // reports an outage within seconds rather than minutes.
+                let retry = object_store::RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: Duration::from_secs(10),
+                    ..object_store::RetryConfig::default()
+                };
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(&s3.bucket)
+                    .with_allow_http(s3.allow_http)
+                    .with_retry(retry);
+                if let Some(endpoint) = &s3.endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(region) = &s3.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some(key) = &s3.access_key_id {
+                    builder = builder.with_access_key_id(key);
+                }
+                if let Some(secret) = &s3.secret_access_key {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                let store = builder
+                    .build()
+                    .map_err(|error| config_error(error.to_string()))?;
+                if s3.prefix.is_empty() {
+                    return Ok(Arc::new(store));
+                }
+                Ok(Arc::new(object_store::prefix::PrefixStore::new(
+                    store,
+                    s3.prefix.as_str(),
+                )))
+            }
+        }
+    }
+}
+
 /// Returns the immutable key of one revision's bundle.
 pub fn revision_key(revision: u64) -> String {
     format!("bundles/revisions/{revision}.tar.gz")

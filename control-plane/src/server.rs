@@ -2,7 +2,6 @@
 //! gRPC API and the HTTP listener until shutdown is signalled.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::api::AdminApi;
 use crate::auth::AdminTokens;
-use crate::bundle::Publisher;
+use crate::bundle::{BundleStorage, Publisher};
 use crate::error::ControlPlaneError;
 use crate::http::HttpState;
 use crate::ledger::Ledger;
@@ -37,8 +36,8 @@ pub struct ControlPlaneSettings {
     pub tokens: AdminTokens,
     /// Tokens that may only download bundles (OPA's `credentials.bearer`).
     pub bundle_tokens: AdminTokens,
-    /// The local folder that bundles are published to.
-    pub bundle_dir: PathBuf,
+    /// Where bundles are published.
+    pub bundle_storage: BundleStorage,
     /// NATS server for change notifications; None: in-process notifications only.
     pub nats_url: Option<String>,
     /// Notifications go to `<prefix>.revisions`.
@@ -70,7 +69,8 @@ pub async fn run(
         "control plane listening"
     );
 
-    let object_store = local_bundle_store(&settings.bundle_dir)?;
+    let object_store = settings.bundle_storage.open()?;
+    tracing::info!(storage = %settings.bundle_storage, "publishing bundles");
     let notifier = match &settings.nats_url {
         Some(url) => Notifier::with_nats(url, &settings.nats_subject_prefix).await?,
         None => Notifier::in_process(),
@@ -124,18 +124,6 @@ async fn catch_up_periodically(ledger: Arc<Ledger>, mut shutdown: watch::Receive
 /// Resolves once shutdown is signalled (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// Opens the local folder that bundles are published to, creating it if needed.
-fn local_bundle_store(
-    dir: &std::path::Path,
-) -> Result<Arc<dyn object_store::ObjectStore>, ControlPlaneError> {
-    let config_error =
-        |error: String| ControlPlaneError::Config(format!("bundle.dir {}: {error}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(|error| config_error(error.to_string()))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
-        .map_err(|error| config_error(error.to_string()))?;
-    Ok(Arc::new(store))
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, ControlPlaneError> {

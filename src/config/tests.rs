@@ -1,4 +1,5 @@
 use super::*;
+use heimdall_control_plane::bundle::BundleStorage;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -28,7 +29,10 @@ fn no_file_gives_the_embedded_defaults() {
     assert_eq!(config.database_url, None);
     assert_eq!(config.data_dir, PathBuf::from("heimdall-data"));
     assert!(config.admin_tokens.is_empty());
-    assert_eq!(config.bundle_dir, PathBuf::from("heimdall-data/bundles"));
+    assert_eq!(
+        config.bundle_storage,
+        BundleStorage::LocalDir(PathBuf::from("heimdall-data/bundles"))
+    );
 }
 
 #[test]
@@ -63,6 +67,8 @@ fn wrong_values_name_their_key() {
             "config key database.max_connections",
         ),
         ("nats:\n  url: localhost:4222\n", "config key nats.url"),
+        ("bundle:\n  url: gs://b\n", "config key bundle.url"),
+        ("bundle:\n  url: s3://\n", "config key bundle.url"),
         (
             "nats:\n  subject_prefix: \"a..b\"\n",
             "config key nats.subject_prefix",
@@ -111,7 +117,10 @@ fn every_key_has_an_environment_override() {
     assert_eq!(config.max_connections, 3);
     assert_eq!(config.admin_tokens[0].name, "ci");
     assert_eq!(config.data_dir, PathBuf::from("/var/lib/heimdall"));
-    assert_eq!(config.bundle_dir, PathBuf::from("/srv/bundles"));
+    assert_eq!(
+        config.bundle_storage,
+        BundleStorage::LocalDir(PathBuf::from("/srv/bundles"))
+    );
 }
 
 #[test]
@@ -162,4 +171,30 @@ fn the_original_driver_and_dsn_keys_are_accepted() {
 fn go_style_listen_addresses_mean_every_interface() {
     let config = load_text("server:\n  admin:\n    addr: \":9191\"\n", &[]).unwrap();
     assert_eq!(config.admin_addr, "0.0.0.0:9191".parse().unwrap());
+}
+
+#[test]
+fn s3_bundle_storage_is_read_from_the_url_and_the_environment() {
+    let config = load_text(
+        "bundle:\n  url: s3://heimdall-bundles/prod/\n  s3:\n    endpoint: http://127.0.0.1:8333\n",
+        &[
+            ("HEIMDALL_BUNDLE_S3_ALLOW_HTTP", "true"),
+            ("HEIMDALL_BUNDLE_S3_SECRET_ACCESS_KEY", "top-secret"),
+        ],
+    )
+    .unwrap();
+    let BundleStorage::S3(s3) = &config.bundle_storage else {
+        panic!("expected S3 storage, got {:?}", config.bundle_storage);
+    };
+    assert_eq!(
+        (s3.bucket.as_str(), s3.prefix.as_str()),
+        ("heimdall-bundles", "prod")
+    );
+    assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:8333"));
+    assert!(s3.allow_http);
+    assert_eq!(s3.secret_access_key.as_deref(), Some("top-secret"));
+    assert!(
+        !format!("{config:?}").contains("top-secret"),
+        "secrets never reach Debug output"
+    );
 }
