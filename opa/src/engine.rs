@@ -64,10 +64,11 @@ impl EmbeddedEngine {
         engine
             .add_data(RegoValue::from_json_str(&data.to_string()).map_err(evaluation)?)
             .map_err(evaluation)?;
-        Ok(Self {
-            engine,
-            revision: contents.revision,
-        })
+        // The first evaluation analyses and schedules the modules; clones of a prepared engine
+        // skip that work, which would otherwise dominate every decision.
+        engine.set_input(RegoValue::new_object());
+        engine.eval_rule(DECISION_RULE.to_owned()).map_err(evaluation)?;
+        Ok(Self { engine, revision: contents.revision })
     }
 
     /// Returns the manifest revision of the loaded bundle.
