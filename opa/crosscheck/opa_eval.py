@@ -54,7 +54,7 @@ def main():
             request = json.loads(line)
             decision = engine.eval_document("heimdall.authz.decision", request)
             try:
-                tenants = engine.eval_document("heimdall.authz.accessible_tenants", request)
+                tenants = engine.eval_document("heimdall.tenants.accessible", request)
             except OpaUndefinedError:
                 tenants = []
             print(json.dumps({"decision": decision, "accessible_tenants": sorted(tenants)}))

@@ -9,7 +9,7 @@
 #         - otherwise each matching allow policy contributes one filter set (its matchers ANDed),
 #           and the sets are ORed; one matching allow policy without filters makes the answer
 #           unrestricted.
-#         data.heimdall.authz.accessible_tenants = the tenants the subject may use for the action.
+#         (The tenants a subject may use live in tenants.rego, package heimdall.tenants.)
 #
 # The data (data.heimdall.state) indexes policies by subject, so a decision looks only at the policies
 # of the subject's user id and groups: its cost does not grow with the number of policies.
@@ -40,22 +40,6 @@ decision := result if {
 		"filter_sets": filter_sets(names, unrestricted),
 		"policies": names,
 	}
-}
-
-# The tenants the subject may use for input.action: registered ones and those its policies name.
-accessible_tenants contains tenant if {
-	some tenant in candidate_tenants
-	count(denied_by(tenant, input.action)) == 0
-	count(allowed_by(tenant, input.action)) > 0
-}
-
-candidate_tenants contains tenant if {
-	some tenant, _ in data.heimdall.state.tenants
-}
-
-candidate_tenants contains tenant if {
-	some name in subject_policies
-	some tenant, _ in data.heimdall.state.policies[name].tenants
 }
 
 subject_policies contains name if {

@@ -4,6 +4,7 @@ package heimdall.authz_test
 import rego.v1
 
 import data.heimdall.authz
+import data.heimdall.tenants
 
 fixture := {
 	"tenants": {"acme": {"name": "Acme Corp"}, "globex": {"name": "Globex"}},
@@ -122,13 +123,13 @@ test_one_unrestricted_allow_wins_over_filtered_ones if {
 }
 
 test_accessible_tenants if {
-	tenants := authz.accessible_tenants with data.heimdall.state as fixture
+	alice := tenants.accessible with data.heimdall.state as fixture
 		with input as {"subject": {"user": "alice", "groups": ["developers"]}, "action": "read"}
-	tenants == {"acme"}
-	everything := authz.accessible_tenants with data.heimdall.state as fixture
+	alice == {"acme"}
+	everything := tenants.accessible with data.heimdall.state as fixture
 		with input as {"subject": {"user": "bob", "groups": []}, "action": "read"}
 	everything == {"acme", "globex"}
-	erin := authz.accessible_tenants with data.heimdall.state as fixture
+	erin := tenants.accessible with data.heimdall.state as fixture
 		with input as {"subject": {"user": "erin", "groups": []}, "action": "read"}
 	erin == {"initech"}
 }

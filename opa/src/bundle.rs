@@ -16,8 +16,10 @@ use sha2::{Digest, Sha256};
 use crate::policy::{Effect, Policy, SubjectKind, TenantScope};
 use crate::tenant::Tenant;
 
-/// The Rego policy every bundle carries.
+/// The Rego policy every bundle carries: decisions.
 pub const AUTHZ_REGO: &str = include_str!("../policy/authz.rego");
+/// The Rego policy every bundle carries: the tenants a subject may use.
+pub const TENANTS_REGO: &str = include_str!("../policy/tenants.rego");
 /// The data root the bundle owns: the policy's package and the state document.
 pub const DATA_ROOT: &str = "heimdall";
 /// Where the state document lives below the root (`data.heimdall.state`). Kept apart from the
@@ -27,6 +29,7 @@ pub const STATE_KEY: &str = "state";
 const MANIFEST_PATH: &str = ".manifest";
 const DATA_PATH: &str = "heimdall/state/data.json";
 const POLICY_PATH: &str = "heimdall/authz/policy.rego";
+const TENANTS_POLICY_PATH: &str = "heimdall/tenants/policy.rego";
 /// Largest entry read from a bundle: refuses decompression bombs.
 const MAX_ENTRY_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -65,7 +68,10 @@ pub struct BundleContents {
 
 /// Returns the manifest revision of event revision `revision` with the built-in policy.
 pub fn bundle_revision(revision: u64) -> String {
-    let policy_digest = hex(&Sha256::digest(AUTHZ_REGO.as_bytes()));
+    let mut hasher = Sha256::new();
+    hasher.update(AUTHZ_REGO.as_bytes());
+    hasher.update(TENANTS_REGO.as_bytes());
+    let policy_digest = hex(&hasher.finalize());
     format!("{revision}-{}", &policy_digest[..12])
 }
 
@@ -78,10 +84,11 @@ pub fn build<'a>(
     let revision_name = bundle_revision(revision);
     let manifest = json!({"revision": revision_name, "roots": [DATA_ROOT]});
     let data = data_document(tenants, policies);
-    let entries: [(&str, Vec<u8>); 3] = [
+    let entries: [(&str, Vec<u8>); 4] = [
         (MANIFEST_PATH, serde_json::to_vec(&manifest)?),
         (DATA_PATH, serde_json::to_vec(&data)?),
         (POLICY_PATH, AUTHZ_REGO.as_bytes().to_vec()),
+        (TENANTS_POLICY_PATH, TENANTS_REGO.as_bytes().to_vec()),
     ];
     let encoder = flate2::GzBuilder::new()
         .mtime(0)

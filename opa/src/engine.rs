@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{self, BundleError};
 
 const DECISION_RULE: &str = "data.heimdall.authz.decision";
-const ACCESSIBLE_TENANTS_RULE: &str = "data.heimdall.authz.accessible_tenants";
+const ACCESSIBLE_TENANTS_RULE: &str = "data.heimdall.tenants.accessible";
 
 /// Why a decision could not be made. Callers must treat it as a denial.
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +67,13 @@ impl EmbeddedEngine {
         // The first evaluation analyses and schedules the modules; clones of a prepared engine
         // skip that work, which would otherwise dominate every decision.
         engine.set_input(RegoValue::new_object());
-        engine.eval_rule(DECISION_RULE.to_owned()).map_err(evaluation)?;
-        Ok(Self { engine, revision: contents.revision })
+        engine
+            .eval_rule(DECISION_RULE.to_owned())
+            .map_err(evaluation)?;
+        Ok(Self {
+            engine,
+            revision: contents.revision,
+        })
     }
 
     /// Returns the manifest revision of the loaded bundle.

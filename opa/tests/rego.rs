@@ -4,6 +4,7 @@
 use regorus::{Engine, Value};
 
 const POLICY: &str = include_str!("../policy/authz.rego");
+const TENANTS_POLICY: &str = include_str!("../policy/tenants.rego");
 const TESTS: &str = include_str!("../policy/authz_test.rego");
 const TEST_PACKAGE: &str = "data.heimdall.authz_test";
 
@@ -12,6 +13,9 @@ fn every_rego_test_passes() {
     let mut engine = Engine::new();
     engine
         .add_policy("authz.rego".into(), POLICY.into())
+        .expect("the policy should compile");
+    engine
+        .add_policy("tenants.rego".into(), TENANTS_POLICY.into())
         .expect("the policy should compile");
     engine
         .add_policy("authz_test.rego".into(), TESTS.into())
