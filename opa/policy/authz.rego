@@ -11,8 +11,9 @@
 #           unrestricted.
 #         (The tenants a subject may use live in tenants.rego, package heimdall.tenants.)
 #
-# The data (data.heimdall.state) indexes policies by subject, so a decision looks only at the policies
-# of the subject's user id and groups: its cost does not grow with the number of policies.
+# The data (data.heimdall.state) lists each user's and group's policies as whole policy objects:
+# a decision reads one entry per user and group and never looks policies up by name, so its cost
+# does not grow with the number of policies. The bundle expands a "*" action into every action.
 package heimdall.authz
 
 import rego.v1
@@ -24,16 +25,15 @@ requested_resource := input.resource
 default decision := {"allowed": false, "unrestricted": false, "filter_sets": [], "policies": []}
 
 decision := result if {
-	denials := denied_by(input.tenant, input.action)
 	count(denials) > 0
 	result := {"allowed": false, "unrestricted": false, "filter_sets": [], "policies": sort(denials)}
 }
 
 decision := result if {
-	count(denied_by(input.tenant, input.action)) == 0
-	names := sort(allowed_by(input.tenant, input.action))
+	count(denials) == 0
+	names := sort(object.keys(grants))
 	count(names) > 0
-	unrestricted := count([name | some name in names; count(data.heimdall.state.policies[name].filters) == 0]) > 0
+	unrestricted := count([name | some name in names; count(grants[name]) == 0]) > 0
 	result := {
 		"allowed": true,
 		"unrestricted": unrestricted,
@@ -42,37 +42,58 @@ decision := result if {
 	}
 }
 
-subject_policies contains name if {
-	some name in data.heimdall.state.subjects.user[input.subject.user]
+# The subject's policies: one entry per user and group, each a whole policy object.
+subject_policies contains policy if {
+	some policy in data.heimdall.state.subjects.user[input.subject.user]
 }
 
-subject_policies contains name if {
+subject_policies contains policy if {
 	some group in input.subject.groups
-	some name in data.heimdall.state.subjects.group[group]
+	some policy in data.heimdall.state.subjects.group[group]
 }
 
-denied_by(tenant, action) := {name |
-	some name in subject_policies
-	applies(name, tenant, action)
-	data.heimdall.state.policies[name].effect == "deny"
-}
-
-allowed_by(tenant, action) := {name |
-	some name in subject_policies
-	applies(name, tenant, action)
-	data.heimdall.state.policies[name].effect == "allow"
-}
-
-applies(name, tenant, action) if {
-	policy := data.heimdall.state.policies[name]
-	action_matches(policy, action)
-	tenant_matches(policy, tenant)
+# The subject's policies that apply to the requested tenant and action. The checks of applies()
+# are written out here: this is every decision's hot path, and a function call costs regorus
+# more than the lookups themselves.
+matching contains policy if {
+	some policy in subject_policies
+	policy.actions[input.action]
 	policy.resources[requested_resource]
+	policy.tenants[input.tenant]
 }
 
-action_matches(policy, action) if policy.actions[action]
+# "*" covers registered tenants only.
+matching contains policy if {
+	some policy in subject_policies
+	policy.actions[input.action]
+	policy.resources[requested_resource]
+	policy.all_registered
+	data.heimdall.state.tenants[input.tenant]
+}
 
-action_matches(policy, _) if policy.actions["*"]
+denials := {policy.name | some policy in matching; policy.effect == "deny"}
+
+# Allowing policies by name, with their filters.
+grants := {policy.name: policy.filters | some policy in matching; policy.effect == "allow"}
+
+# The names of the subject's policies that deny or allow `action` on `tenant`.
+denied_by(tenant, action) := {policy.name |
+	some policy in subject_policies
+	applies(policy, tenant, action)
+	policy.effect == "deny"
+}
+
+allowed_by(tenant, action) := {policy.name |
+	some policy in subject_policies
+	applies(policy, tenant, action)
+	policy.effect == "allow"
+}
+
+applies(policy, tenant, action) if {
+	policy.actions[action]
+	policy.resources[requested_resource]
+	tenant_matches(policy, tenant)
+}
 
 tenant_matches(policy, tenant) if policy.tenants[tenant]
 
@@ -84,4 +105,4 @@ tenant_matches(policy, tenant) if {
 
 filter_sets(_, true) := []
 
-filter_sets(names, false) := [data.heimdall.state.policies[name].filters | some name in names]
+filter_sets(names, false) := [grants[name] | some name in names]

@@ -6,33 +6,43 @@ import rego.v1
 import data.heimdall.authz
 import data.heimdall.tenants
 
+users := {
+	"alice": ["alice-acme-prod", "alice-acme-staging"],
+	"bob": ["bob-everything"],
+	"carol": ["carol-acme", "carol-deny-acme"],
+	"dave": ["dave-team-env"],
+	"erin": ["erin-unregistered"],
+}
+
+groups := {
+	"developers": ["developers-acme"],
+	"auditors": ["auditors-deny-filtered"],
+}
+
+all_actions := ["read", "write", "rules:read", "rules:write", "alerts:read", "*"]
+
+policies := {
+	"alice-acme-prod": policy("allow", ["read"], ["acme"], false, ["env=\"prod\""]),
+	"alice-acme-staging": policy("allow", ["read"], ["acme"], false, ["env=\"staging\""]),
+	"bob-everything": policy("allow", all_actions, [], true, []),
+	"carol-acme": policy("allow", ["read"], ["acme"], false, []),
+	"carol-deny-acme": policy("deny", ["read"], ["acme"], false, []),
+	"dave-team-env": policy("allow", ["read"], ["acme"], false, ["team=\"a\"", "env=\"prod\""]),
+	"erin-unregistered": policy("allow", ["read"], ["initech"], false, []),
+	"developers-acme": policy("allow", ["read", "write"], ["acme"], false, ["team=\"dev\""]),
+	"auditors-deny-filtered": policy("deny", ["read"], ["acme"], false, ["env=\"prod\""]),
+}
+
+# The layout the bundle builder writes: each subject lists its whole policy objects.
 fixture := {
 	"tenants": {"acme": {"name": "Acme Corp"}, "globex": {"name": "Globex"}},
 	"subjects": {
-		"user": {
-			"alice": ["alice-acme-prod", "alice-acme-staging"],
-			"bob": ["bob-everything"],
-			"carol": ["carol-acme", "carol-deny-acme"],
-			"dave": ["dave-team-env"],
-			"erin": ["erin-unregistered"],
-		},
-		"group": {
-			"developers": ["developers-acme"],
-			"auditors": ["auditors-deny-filtered"],
-		},
-	},
-	"policies": {
-		"alice-acme-prod": policy("allow", ["read"], ["acme"], false, ["env=\"prod\""]),
-		"alice-acme-staging": policy("allow", ["read"], ["acme"], false, ["env=\"staging\""]),
-		"bob-everything": policy("allow", ["*"], [], true, []),
-		"carol-acme": policy("allow", ["read"], ["acme"], false, []),
-		"carol-deny-acme": policy("deny", ["read"], ["acme"], false, []),
-		"dave-team-env": policy("allow", ["read"], ["acme"], false, ["team=\"a\"", "env=\"prod\""]),
-		"erin-unregistered": policy("allow", ["read"], ["initech"], false, []),
-		"developers-acme": policy("allow", ["read", "write"], ["acme"], false, ["team=\"dev\""]),
-		"auditors-deny-filtered": policy("deny", ["read"], ["acme"], false, ["env=\"prod\""]),
+		"user": {user: [named(name) | some name in names] | some user, names in users},
+		"group": {group: [named(name) | some name in names] | some group, names in groups},
 	},
 }
+
+named(name) := object.union(policies[name], {"name": name})
 
 policy(effect, actions, tenants, all_registered, filters) := {
 	"effect": effect,

@@ -23,6 +23,6 @@ candidates contains tenant if {
 }
 
 candidates contains tenant if {
-	some name in authz.subject_policies
-	some tenant, _ in data.heimdall.state.policies[name].tenants
+	some policy in authz.subject_policies
+	some tenant, _ in policy.tenants
 }

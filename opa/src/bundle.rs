@@ -13,7 +13,7 @@ use flate2::read::GzDecoder;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Effect, Policy, SubjectKind, TenantScope};
+use crate::policy::{Action, Effect, Policy, SubjectKind, TenantScope};
 use crate::tenant::Tenant;
 
 /// The Rego policy every bundle carries: decisions.
@@ -114,8 +114,9 @@ pub fn build<'a>(
     })
 }
 
-/// Lays out the state document (`data.heimdall.state`), indexed so that a decision reads only the
-/// policies of the subject's user and groups.
+/// Lays out the state document (`data.heimdall.state`): registered tenants, and for each user and
+/// group the whole objects of its policies (sorted by name), so that a decision reads one entry
+/// per user and group and never looks a policy up among all the others.
 pub fn data_document<'a>(
     tenants: impl IntoIterator<Item = &'a Tenant>,
     policies: impl IntoIterator<Item = &'a Policy>,
@@ -124,38 +125,50 @@ pub fn data_document<'a>(
         .into_iter()
         .map(|tenant| (tenant.id.to_string(), json!({"name": tenant.display_name})))
         .collect();
-    let mut users: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut by_name = Map::new();
+    let mut users: BTreeMap<&str, Vec<(&str, Value)>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<(&str, Value)>> = BTreeMap::new();
     for policy in policies {
+        let document = policy_document(policy);
         for subject in &policy.subjects {
             let index = match subject.kind {
                 SubjectKind::User => &mut users,
                 SubjectKind::Group => &mut groups,
             };
-            index
-                .entry(subject.id.as_str())
-                .or_default()
-                .push(policy.name.as_str());
+            let entry = (policy.name.as_str(), document.clone());
+            index.entry(subject.id.as_str()).or_default().push(entry);
         }
-        by_name.insert(policy.name.to_string(), policy_document(policy));
     }
-    for names in users.values_mut().chain(groups.values_mut()) {
-        names.sort_unstable();
-    }
+    let by_subject = |index: BTreeMap<&str, Vec<(&str, Value)>>| -> Map<String, Value> {
+        index
+            .into_iter()
+            .map(|(subject, mut entries)| {
+                entries.sort_by(|left, right| left.0.cmp(right.0));
+                let documents = entries.into_iter().map(|(_, document)| document).collect();
+                (subject.to_owned(), Value::Array(documents))
+            })
+            .collect()
+    };
     json!({
         "tenants": tenants,
-        "subjects": {"user": users, "group": groups},
-        "policies": by_name,
+        "subjects": {"user": by_subject(users), "group": by_subject(groups)},
     })
 }
 
 fn policy_document(policy: &Policy) -> Value {
-    let actions: Map<String, Value> = policy
-        .actions
-        .iter()
-        .map(|action| (action.as_str().to_owned(), Value::Bool(true)))
-        .collect();
+    // "*" is expanded into every action, so that the policy matches an action by one lookup.
+    let actions: Map<String, Value> = if policy.actions.contains(&Action::All) {
+        Action::NAMES
+            .iter()
+            .map(|name| ((*name).to_owned(), Value::Bool(true)))
+            .collect()
+    } else {
+        let names = policy
+            .actions
+            .iter()
+            .map(|action| action.as_str().to_owned());
+        names.map(|name| (name, Value::Bool(true))).collect()
+    };
+
     let tenants: Map<String, Value> = policy
         .scope
         .tenants
@@ -172,6 +185,7 @@ fn policy_document(policy: &Policy) -> Value {
     let mut filters: Vec<String> = policy.filters.iter().map(ToString::to_string).collect();
     filters.sort_unstable();
     json!({
+        "name": policy.name.as_str(),
         "effect": match policy.effect {
             Effect::Allow => "allow",
             Effect::Deny => "deny",

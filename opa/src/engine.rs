@@ -1,5 +1,8 @@
 //! The embedded decision engine: the bundle's Rego policy evaluated in-process with regorus.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use regorus::Value as RegoValue;
 use serde::{Deserialize, Serialize};
 
@@ -46,9 +49,13 @@ pub struct Decision {
 }
 
 /// The bundle's policy and data, loaded into regorus.
-#[derive(Debug, Clone)]
+///
+/// Evaluation needs a mutable engine. A small pool of prepared engines, sharing the compiled
+/// modules and the data, lets several threads decide at once without cloning per decision.
+#[derive(Debug)]
 pub struct EmbeddedEngine {
-    engine: regorus::Engine,
+    engines: Vec<Mutex<regorus::Engine>>,
+    next: AtomicUsize,
     revision: String,
 }
 
@@ -70,8 +77,13 @@ impl EmbeddedEngine {
         engine
             .eval_rule(DECISION_RULE.to_owned())
             .map_err(evaluation)?;
+        let pool_size = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 8);
+        let engines = (0..pool_size).map(|_| Mutex::new(engine.clone())).collect();
         Ok(Self {
-            engine,
+            engines,
+            next: AtomicUsize::new(0),
             revision: contents.revision,
         })
     }
@@ -109,10 +121,25 @@ impl EmbeddedEngine {
     }
 
     fn evaluate(&self, rule: &str, input_json: &str) -> Result<RegoValue, EngineError> {
-        // Evaluation needs a mutable engine; a clone shares the compiled modules and data.
-        let mut engine = self.engine.clone();
+        let mut engine = self.free_engine();
         engine.set_input(RegoValue::from_json_str(input_json).map_err(evaluation)?);
         engine.eval_rule(rule.to_owned()).map_err(evaluation)
+    }
+}
+
+impl EmbeddedEngine {
+    /// Takes a pooled engine that no other thread holds, or waits for one.
+    fn free_engine(&self) -> MutexGuard<'_, regorus::Engine> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.engines.len();
+        for offset in 0..count {
+            if let Ok(engine) = self.engines[(start + offset) % count].try_lock() {
+                return engine;
+            }
+        }
+        // A panic while evaluating leaves the engine usable: its state is reset per evaluation.
+        let engine = &self.engines[start % count];
+        engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -46,14 +46,22 @@ fn a_bundle_reads_back_as_built() {
 fn the_data_is_indexed_by_subject() {
     let (tenants, policies) = sample();
     let data = data_document(&tenants, &policies);
-    assert_eq!(data["subjects"]["user"]["alice"], json!(["a", "b"]));
-    assert_eq!(data["subjects"]["group"]["ops"], json!(["a"]));
-    assert_eq!(data["policies"]["a"]["all_registered"], json!(true));
-    assert_eq!(data["policies"]["b"]["tenants"], json!({"acme": true}));
+    let alice = data["subjects"]["user"]["alice"].as_array().unwrap();
+    let names: Vec<&str> = alice
+        .iter()
+        .map(|policy| policy["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(data["subjects"]["group"]["ops"][0]["name"], json!("a"));
+    let (a, b) = (&alice[0], &alice[1]);
+    assert_eq!(a["all_registered"], json!(true));
     assert_eq!(
-        data["policies"]["b"]["filters"],
-        json!(["env=\"prod\"", "team=\"x\""])
+        a["actions"].as_object().unwrap().len(),
+        6,
+        "* is expanded into every action"
     );
+    assert_eq!(b["tenants"], json!({"acme": true}));
+    assert_eq!(b["filters"], json!(["env=\"prod\"", "team=\"x\""]));
     assert_eq!(data["tenants"]["acme"]["name"], json!("Acme Corp"));
 }
 
