@@ -344,12 +344,7 @@ impl Publisher {
     ) -> Result<ChangedTenants, ControlPlaneError> {
         let mut changed = ChangedTenants::default();
         for stored in self.events.events_in_range(live.revision, target).await? {
-            let event =
-                DomainEvent::decode(&stored.event_type, stored.schema_version, &stored.payload)
-                    .map_err(|reason| ControlPlaneError::CorruptEvent {
-                        revision: stored.revision,
-                        reason,
-                    })?;
+            let event = stored.decode()?;
             match &event {
                 DomainEvent::TenantCreated(tenant) => {
                     changed.tenants.insert(tenant.id.to_string());

@@ -7,6 +7,8 @@ use heimdall_proto::events::{self as pb, event_payload::Kind};
 use prost::Message;
 
 use crate::convert::{policy_to_spec, spec_to_draft, tenant_to_spec};
+use crate::error::ControlPlaneError;
+use crate::store::StoredEvent;
 
 /// The payload schema version this build writes and the newest it reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -136,6 +138,18 @@ impl DomainEvent {
             }
             other => Err(format!("unknown event type {other:?}")),
         }
+    }
+}
+
+impl StoredEvent {
+    /// Decodes the stored payload; a payload that cannot be read is a corrupt event.
+    pub fn decode(&self) -> Result<DomainEvent, ControlPlaneError> {
+        DomainEvent::decode(&self.event_type, self.schema_version, &self.payload).map_err(
+            |reason| ControlPlaneError::CorruptEvent {
+                revision: self.revision,
+                reason,
+            },
+        )
     }
 }
 

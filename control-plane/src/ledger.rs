@@ -142,12 +142,7 @@ impl Ledger {
         events
             .into_iter()
             .map(|stored| {
-                let event =
-                    DomainEvent::decode(&stored.event_type, stored.schema_version, &stored.payload)
-                        .map_err(|reason| ControlPlaneError::CorruptEvent {
-                            revision: stored.revision,
-                            reason,
-                        })?;
+                let event = stored.decode()?;
                 Ok((stored, event))
             })
             .collect()

@@ -73,8 +73,7 @@ impl State {
         if stored.revision != self.revision + 1 {
             return Err(corrupt(format!("expected revision {}", self.revision + 1)));
         }
-        let event = DomainEvent::decode(&stored.event_type, stored.schema_version, &stored.payload)
-            .map_err(corrupt)?;
+        let event = stored.decode()?;
         if event.stream() != stored.stream {
             return Err(corrupt(format!(
                 "stream {} does not match its payload",

@@ -134,23 +134,9 @@ fn generate_input(generator: &mut Generator) -> DecisionInput {
     }
 }
 
-fn opa_bindings() -> Option<String> {
-    match std::env::var("HEIMDALL_OPA_BINDINGS") {
-        Ok(path) => Some(path),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "HEIMDALL_OPA_BINDINGS must be set in CI: the OPA cross-check never skips there"
-            );
-            eprintln!("skipping the OPA cross-check: HEIMDALL_OPA_BINDINGS is not set");
-            None
-        }
-    }
-}
-
 #[test]
 fn opa_and_regorus_agree_on_every_generated_input() {
-    let Some(bindings) = opa_bindings() else {
+    let Some(bindings) = heimdall_tests::required_env("HEIMDALL_OPA_BINDINGS") else {
         return;
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/crosscheck/opa_eval.py");

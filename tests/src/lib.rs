@@ -33,14 +33,7 @@ impl TestDatabase {
 
     /// A fresh PostgreSQL database, or None when none is configured outside CI.
     pub async fn postgres() -> Option<Self> {
-        let Ok(admin_url) = std::env::var("HEIMDALL_TEST_DATABASE_URL") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "HEIMDALL_TEST_DATABASE_URL must be set in CI: PostgreSQL tests never skip there"
-            );
-            eprintln!("skipping PostgreSQL: HEIMDALL_TEST_DATABASE_URL is not set");
-            return None;
-        };
+        let admin_url = required_env("HEIMDALL_TEST_DATABASE_URL")?;
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(1)
@@ -61,6 +54,52 @@ impl TestDatabase {
             _sqlite_dir: None,
         })
     }
+}
+
+/// Reads a variable naming a service or tool that a test needs. Outside CI a missing one skips
+/// the test (None, with a note); with `CI=true` it fails the test: nothing skips in CI.
+pub fn required_env(name: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(name) {
+        return Some(value);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{name} must be set in CI: tests that need it never skip there"
+    );
+    eprintln!("skipping: {name} is not set");
+    None
+}
+
+/// Runs the `heimdall` CLI in `dir` against a control plane, with an admin token.
+pub fn run_cli(
+    dir: &std::path::Path,
+    server: &HeimdallProcess,
+    token: &str,
+    args: &[&str],
+) -> std::process::Output {
+    Command::new(heimdall_binary())
+        .args(args)
+        .current_dir(dir)
+        .env("HEIMDALL_SERVER", format!("http://{}", server.admin_addr))
+        .env("HEIMDALL_TOKEN", token)
+        .output()
+        .expect("the CLI should run")
+}
+
+/// Runs the CLI, requires success, and returns what it printed.
+pub fn cli_ok(
+    dir: &std::path::Path,
+    server: &HeimdallProcess,
+    token: &str,
+    args: &[&str],
+) -> String {
+    let output = run_cli(dir, server, token, args);
+    assert!(
+        output.status.success(),
+        "heimdall {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Returns a random number for unique names.
@@ -250,14 +289,7 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> Option<Self> {
-        let Ok(binary) = std::env::var("HEIMDALL_NATS_SERVER") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "HEIMDALL_NATS_SERVER must be set in CI: NATS tests never skip there"
-            );
-            eprintln!("skipping NATS: HEIMDALL_NATS_SERVER is not set");
-            return None;
-        };
+        let binary = required_env("HEIMDALL_NATS_SERVER")?;
         let dir = tempfile::tempdir().expect("a temp dir should be creatable");
         Some(Self::start_on(&binary, free_port(), dir))
     }

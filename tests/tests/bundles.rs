@@ -2,10 +2,9 @@
 //! plane with its local-folder store.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use heimdall_tests::{HeimdallProcess, heimdall_binary, http_get, http_request};
+use heimdall_tests::{HeimdallProcess, cli_ok, http_get, http_request};
 
 const ADMIN_TOKEN: &str = "hmd_bundle_test_admin";
 const OPA_TOKEN: &str = "opa-pull-token";
@@ -28,19 +27,7 @@ fn start(dir: &Path) -> HeimdallProcess {
 }
 
 fn cli(dir: &Path, server: &HeimdallProcess, args: &[&str]) -> String {
-    let output = Command::new(heimdall_binary())
-        .args(args)
-        .current_dir(dir)
-        .env("HEIMDALL_SERVER", format!("http://{}", server.admin_addr))
-        .env("HEIMDALL_TOKEN", ADMIN_TOKEN)
-        .output()
-        .expect("the CLI should run");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    cli_ok(dir, server, ADMIN_TOKEN, args)
 }
 
 fn bearer(token: &str) -> String {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use heimdall_proto::admin::{self as pb, admin_service_client::AdminServiceClient};
 use heimdall_proto::events::TenantSpec;
-use heimdall_tests::{HeimdallProcess, TestDatabase, heimdall_binary, http_get};
+use heimdall_tests::{HeimdallProcess, TestDatabase, heimdall_binary, http_get, run_cli};
 use tonic::transport::Channel;
 
 const ORIGINAL_EXAMPLE_POLICY: &str = r#"[
@@ -24,15 +24,8 @@ const ORIGINAL_EXAMPLE_POLICY: &str = r#"[
   }
 ]"#;
 
-/// Runs the CLI against a control plane.
 fn cli(dir: &Path, server: &HeimdallProcess, token: &str, args: &[&str]) -> Output {
-    Command::new(heimdall_binary())
-        .args(args)
-        .current_dir(dir)
-        .env("HEIMDALL_SERVER", format!("http://{}", server.admin_addr))
-        .env("HEIMDALL_TOKEN", token)
-        .output()
-        .expect("the CLI should run")
+    run_cli(dir, server, token, args)
 }
 
 fn stdout(output: &Output) -> String {

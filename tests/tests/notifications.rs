@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures_util::StreamExt;
 use heimdall_proto::events::RevisionNotification;
-use heimdall_tests::{HeimdallProcess, NatsServer, heimdall_binary, http_get, http_request};
+use heimdall_tests::{HeimdallProcess, NatsServer, cli_ok, http_get, http_request};
 use prost::Message;
 
 const ADMIN_TOKEN: &str = "hmd_notification_test_admin";
@@ -30,18 +30,7 @@ async fn next_notification(
 }
 
 fn cli(dir: &std::path::Path, server: &HeimdallProcess, args: &[&str]) {
-    let output = std::process::Command::new(heimdall_binary())
-        .args(args)
-        .current_dir(dir)
-        .env("HEIMDALL_SERVER", format!("http://{}", server.admin_addr))
-        .env("HEIMDALL_TOKEN", ADMIN_TOKEN)
-        .output()
-        .expect("the CLI should run");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    cli_ok(dir, server, ADMIN_TOKEN, args);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,40 +2,14 @@
 //! command; `HEIMDALL_TEST_S3_ENDPOINT`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use heimdall_tests::{HeimdallProcess, heimdall_binary, http_request, random_u64};
+use heimdall_tests::{HeimdallProcess, cli_ok, http_request, random_u64, required_env};
 
 const ADMIN_TOKEN: &str = "hmd_s3_test_admin";
 
-fn endpoint() -> Option<String> {
-    match std::env::var("HEIMDALL_TEST_S3_ENDPOINT") {
-        Ok(endpoint) => Some(endpoint),
-        Err(_) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "HEIMDALL_TEST_S3_ENDPOINT must be set in CI: S3 tests never skip there"
-            );
-            eprintln!("skipping S3: HEIMDALL_TEST_S3_ENDPOINT is not set");
-            None
-        }
-    }
-}
-
 fn cli(dir: &Path, server: &HeimdallProcess, args: &[&str]) {
-    let output = Command::new(heimdall_binary())
-        .args(args)
-        .current_dir(dir)
-        .env("HEIMDALL_SERVER", format!("http://{}", server.admin_addr))
-        .env("HEIMDALL_TOKEN", ADMIN_TOKEN)
-        .output()
-        .expect("the CLI should run");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    cli_ok(dir, server, ADMIN_TOKEN, args);
 }
 
 /// Reads an object over plain HTTP (SeaweedFS started without credentials serves it).
@@ -48,7 +22,9 @@ fn object(endpoint: &str, key: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn every_revision_lands_in_the_bucket_byte_for_byte() {
-    let Some(endpoint) = endpoint() else { return };
+    let Some(endpoint) = required_env("HEIMDALL_TEST_S3_ENDPOINT") else {
+        return;
+    };
     let bucket = format!("heimdall-{}", random_u64() % 1_000_000_000);
     let addr = endpoint.trim_start_matches("http://");
     let created = http_request(
