@@ -96,7 +96,22 @@ fn peak_rss_mib() -> f64 {
     kib / 1024.0
 }
 
+/// Loads a bundle file and reports the peak memory of a process that only holds it, the way a
+/// proxy does: `bundle --hold FILE`, run by `main` as a child process.
+fn hold(path: &str) {
+    let baseline = peak_rss_mib();
+    let bytes = std::fs::read(path).unwrap();
+    let engine = EmbeddedEngine::from_bundle(&bytes).unwrap();
+    drop(bytes);
+    black_box(&engine);
+    println!("{baseline:.0} {:.0}", peak_rss_mib());
+}
+
 fn main() {
+    let arguments: Vec<String> = std::env::args().collect();
+    if let Some(position) = arguments.iter().position(|argument| argument == "--hold") {
+        return hold(&arguments[position + 1]);
+    }
     let mut generator = Generator(0x9e37_79b9_7f4a_7c15);
     let (tenants, policies) = state(&mut generator);
     println!(
@@ -114,8 +129,12 @@ fn main() {
     let json_baseline: Vec<Duration> = (0..3)
         .map(|_| {
             let started = Instant::now();
-            let document = bundle::data_document(&tenants, &policies);
-            black_box(serde_json::to_vec(&document).unwrap());
+            // The same data, as a serde_json value serialised in one go.
+            let document: Vec<serde_json::Value> = policies
+                .iter()
+                .map(|policy| serde_json::to_value(policy).unwrap())
+                .collect();
+            black_box(serde_json::to_vec(&(document, &tenants)).unwrap());
             started.elapsed()
         })
         .collect();
@@ -125,6 +144,22 @@ fn main() {
         "bundle build: {build:?} (median of 3), {} bytes gzipped; baseline JSON of the same data {json:?}: ratio {:.2}",
         built.bytes.len(),
         build.as_secs_f64() / json.as_secs_f64()
+    );
+
+    let file = std::env::temp_dir().join(format!("heimdall-bench-{}.tar.gz", std::process::id()));
+    std::fs::write(&file, &built.bytes).unwrap();
+    let held = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--hold")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let held = String::from_utf8_lossy(&held.stdout).into_owned();
+    let mut figures = held.split_whitespace();
+    let (empty, holding) = (figures.next().unwrap_or("?"), figures.next().unwrap_or("?"));
+    println!(
+        "a process holding the loaded bundle: peak RSS {holding} MiB; the same process before \
+         loading: {empty} MiB"
     );
 
     let started = Instant::now();

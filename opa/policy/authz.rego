@@ -42,39 +42,42 @@ decision := result if {
 	}
 }
 
-# The subject's policies: one entry per user and group, each a whole policy object.
-subject_policies contains policy if {
-	some policy in data.heimdall.state.subjects.user[input.subject.user]
-}
+# The subject's policies: the lists of its user and of each of its groups. An array, not a set:
+# deduplicating would compare whole policy objects, which costs more than it saves.
+subject_policies := array.concat(
+	object.get(data.heimdall.state.subjects.user, input.subject.user, []),
+	[policy |
+		some group in input.subject.groups
+		some policy in object.get(data.heimdall.state.subjects.group, group, [])
+	],
+)
 
-subject_policies contains policy if {
-	some group in input.subject.groups
-	some policy in data.heimdall.state.subjects.group[group]
-}
-
-# The subject's policies that apply to the requested tenant and action. The checks of applies()
-# are written out here: this is every decision's hot path, and a function call costs regorus
-# more than the lookups themselves.
-matching contains policy if {
-	some policy in subject_policies
+# Positions in subject_policies of the policies that apply to the requested tenant and action.
+# The checks of applies() are written out: this is every decision's hot path, and a function
+# call costs regorus more than the lookups themselves.
+matching contains i if {
+	some i, policy in subject_policies
 	policy.actions[input.action]
 	policy.resources[requested_resource]
 	policy.tenants[input.tenant]
 }
 
 # "*" covers registered tenants only.
-matching contains policy if {
-	some policy in subject_policies
+matching contains i if {
+	some i, policy in subject_policies
 	policy.actions[input.action]
 	policy.resources[requested_resource]
 	policy.all_registered
 	data.heimdall.state.tenants[input.tenant]
 }
 
-denials := {policy.name | some policy in matching; policy.effect == "deny"}
+denials := {subject_policies[i].name | some i in matching; subject_policies[i].effect == "deny"}
 
 # Allowing policies by name, with their filters.
-grants := {policy.name: policy.filters | some policy in matching; policy.effect == "allow"}
+grants := {subject_policies[i].name: subject_policies[i].filters |
+	some i in matching
+	subject_policies[i].effect == "allow"
+}
 
 # The names of the subject's policies that deny or allow `action` on `tenant`.
 denied_by(tenant, action) := {policy.name |

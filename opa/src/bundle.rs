@@ -10,10 +10,11 @@ use std::io::Read;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Action, Effect, Policy, SubjectKind, TenantScope};
+use crate::policy::{Action, Policy, SubjectKind, TenantScope};
 use crate::tenant::Tenant;
 
 /// The Rego policy every bundle carries: decisions.
@@ -60,8 +61,9 @@ pub struct Bundle {
 pub struct BundleContents {
     pub revision: String,
     pub roots: Vec<String>,
-    /// The state document under `data.heimdall.state`.
-    pub data: Value,
+    /// The state document under `data.heimdall.state`, as JSON text: a large document is parsed
+    /// once, by whoever needs it, rather than held twice.
+    pub data: String,
     /// Rego modules by path.
     pub modules: BTreeMap<String, String>,
 }
@@ -83,10 +85,10 @@ pub fn build<'a>(
 ) -> Result<Bundle, BundleError> {
     let revision_name = bundle_revision(revision);
     let manifest = json!({"revision": revision_name, "roots": [DATA_ROOT]});
-    let data = data_document(tenants, policies);
+    let data = data_json(tenants, policies)?;
     let entries: [(&str, Vec<u8>); 4] = [
         (MANIFEST_PATH, serde_json::to_vec(&manifest)?),
-        (DATA_PATH, serde_json::to_vec(&data)?),
+        (DATA_PATH, data),
         (POLICY_PATH, AUTHZ_REGO.as_bytes().to_vec()),
         (TENANTS_POLICY_PATH, TENANTS_REGO.as_bytes().to_vec()),
     ];
@@ -114,95 +116,141 @@ pub fn build<'a>(
     })
 }
 
-/// Lays out the state document (`data.heimdall.state`): registered tenants, and for each user and
-/// group the whole objects of its policies (sorted by name), so that a decision reads one entry
-/// per user and group and never looks a policy up among all the others.
-pub fn data_document<'a>(
+/// Writes the state document (`data.heimdall.state`) as JSON: registered tenants, and for each
+/// user and group the whole objects of its policies (sorted by name), so that a decision reads one
+/// entry per user and group and never looks a policy up among all the others.
+///
+/// Each policy object is serialised once and copied under each of its subjects; keys come out
+/// sorted, so the same state always gives the same bytes.
+pub fn data_json<'a>(
     tenants: impl IntoIterator<Item = &'a Tenant>,
     policies: impl IntoIterator<Item = &'a Policy>,
-) -> Value {
-    let tenants: Map<String, Value> = tenants
+) -> Result<Vec<u8>, BundleError> {
+    let tenants: BTreeMap<&str, TenantDocument<'_>> = tenants
         .into_iter()
-        .map(|tenant| (tenant.id.to_string(), json!({"name": tenant.display_name})))
+        .map(|tenant| {
+            (
+                tenant.id.as_str(),
+                TenantDocument {
+                    name: &tenant.display_name,
+                },
+            )
+        })
         .collect();
-    let mut users: BTreeMap<&str, Vec<(&str, Value)>> = BTreeMap::new();
-    let mut groups: BTreeMap<&str, Vec<(&str, Value)>> = BTreeMap::new();
+    let mut users: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
+    let mut documents: Vec<Vec<u8>> = Vec::new();
     for policy in policies {
-        let document = policy_document(policy);
+        let index = documents.len();
+        documents.push(serde_json::to_vec(&PolicyDocument::of(policy))?);
         for subject in &policy.subjects {
-            let index = match subject.kind {
+            let by_subject = match subject.kind {
                 SubjectKind::User => &mut users,
                 SubjectKind::Group => &mut groups,
             };
-            let entry = (policy.name.as_str(), document.clone());
-            index.entry(subject.id.as_str()).or_default().push(entry);
+            let entry = (policy.name.as_str(), index);
+            by_subject
+                .entry(subject.id.as_str())
+                .or_default()
+                .push(entry);
         }
     }
-    let by_subject = |index: BTreeMap<&str, Vec<(&str, Value)>>| -> Map<String, Value> {
-        index
-            .into_iter()
-            .map(|(subject, mut entries)| {
-                entries.sort_by(|left, right| left.0.cmp(right.0));
-                let documents = entries.into_iter().map(|(_, document)| document).collect();
-                (subject.to_owned(), Value::Array(documents))
-            })
-            .collect()
-    };
-    json!({
-        "tenants": tenants,
-        "subjects": {"user": by_subject(users), "group": by_subject(groups)},
-    })
+    let mut out = Vec::with_capacity(documents.iter().map(Vec::len).sum::<usize>() * 2);
+    out.extend_from_slice(b"{\"subjects\":{\"group\":");
+    write_index(&mut out, groups, &documents)?;
+    out.extend_from_slice(b",\"user\":");
+    write_index(&mut out, users, &documents)?;
+    out.extend_from_slice(b"},\"tenants\":");
+    serde_json::to_writer(&mut out, &tenants)?;
+    out.push(b'}');
+    Ok(out)
 }
 
-fn policy_document(policy: &Policy) -> Value {
-    // "*" is expanded into every action, so that the policy matches an action by one lookup.
-    let actions: Map<String, Value> = if policy.actions.contains(&Action::All) {
-        Action::NAMES
-            .iter()
-            .map(|name| ((*name).to_owned(), Value::Bool(true)))
-            .collect()
-    } else {
-        let names = policy
-            .actions
-            .iter()
-            .map(|action| action.as_str().to_owned());
-        names.map(|name| (name, Value::Bool(true))).collect()
-    };
+/// Writes `{"<subject>": [<policy>, ...], ...}` with subjects and their policies sorted.
+fn write_index(
+    out: &mut Vec<u8>,
+    index: BTreeMap<&str, Vec<(&str, usize)>>,
+    documents: &[Vec<u8>],
+) -> Result<(), BundleError> {
+    out.push(b'{');
+    for (position, (subject, mut entries)) in index.into_iter().enumerate() {
+        if position > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, subject)?;
+        out.extend_from_slice(b":[");
+        entries.sort_unstable_by(|left, right| left.0.cmp(right.0));
+        for (offset, (_, document)) in entries.iter().enumerate() {
+            if offset > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&documents[*document]);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    Ok(())
+}
 
-    let tenants: Map<String, Value> = policy
-        .scope
-        .tenants
-        .iter()
-        .filter_map(TenantScope::tenant)
-        .map(|tenant| (tenant.to_string(), Value::Bool(true)))
-        .collect();
-    let resources: Map<String, Value> = policy
-        .scope
-        .resources
-        .iter()
-        .map(|resource| (resource.as_str().to_owned(), Value::Bool(true)))
-        .collect();
-    let mut filters: Vec<String> = policy.filters.iter().map(ToString::to_string).collect();
-    filters.sort_unstable();
-    json!({
-        "name": policy.name.as_str(),
-        "effect": match policy.effect {
-            Effect::Allow => "allow",
-            Effect::Deny => "deny",
-        },
-        "actions": actions,
-        "tenants": tenants,
-        "all_registered": policy.scope.tenants.contains(&TenantScope::AllRegistered),
-        "resources": resources,
-        "filters": filters,
-    })
+#[derive(Serialize)]
+struct TenantDocument<'a> {
+    name: &'a str,
+}
+
+/// A policy as the Rego policy reads it. Field order is the serialised order.
+#[derive(Serialize)]
+struct PolicyDocument<'a> {
+    actions: BTreeMap<&'static str, bool>,
+    all_registered: bool,
+    effect: &'static str,
+    filters: Vec<String>,
+    name: &'a str,
+    resources: BTreeMap<&'static str, bool>,
+    tenants: BTreeMap<&'a str, bool>,
+}
+
+impl<'a> PolicyDocument<'a> {
+    fn of(policy: &'a Policy) -> Self {
+        // "*" is expanded into every action, so that the policy matches an action by one lookup.
+        let actions = if policy.actions.contains(&Action::All) {
+            Action::NAMES.iter().map(|name| (*name, true)).collect()
+        } else {
+            policy
+                .actions
+                .iter()
+                .map(|action| (action.as_str(), true))
+                .collect()
+        };
+        let mut filters: Vec<String> = policy.filters.iter().map(ToString::to_string).collect();
+        filters.sort_unstable();
+        Self {
+            actions,
+            all_registered: policy.scope.tenants.contains(&TenantScope::AllRegistered),
+            effect: policy.effect.as_str(),
+            filters,
+            name: policy.name.as_str(),
+            resources: policy
+                .scope
+                .resources
+                .iter()
+                .map(|r| (r.as_str(), true))
+                .collect(),
+            tenants: policy
+                .scope
+                .tenants
+                .iter()
+                .filter_map(TenantScope::tenant)
+                .map(|tenant| (tenant.as_str(), true))
+                .collect(),
+        }
+    }
 }
 
 /// Reads a bundle: its manifest, the state document and the Rego modules.
 pub fn read(bytes: &[u8]) -> Result<BundleContents, BundleError> {
     let mut archive = tar::Archive::new(GzDecoder::new(bytes));
     let mut manifest: Option<Value> = None;
-    let mut data: Option<Value> = None;
+    let mut data: Option<String> = None;
     let mut modules = BTreeMap::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -223,7 +271,11 @@ pub fn read(bytes: &[u8]) -> Result<BundleContents, BundleError> {
             .read_to_end(&mut contents)?;
         match path.as_str() {
             MANIFEST_PATH => manifest = Some(serde_json::from_slice(&contents)?),
-            DATA_PATH => data = Some(serde_json::from_slice(&contents)?),
+            DATA_PATH => {
+                let text = String::from_utf8(contents)
+                    .map_err(|_| BundleError::Malformed(format!("{DATA_PATH} is not UTF-8")))?;
+                data = Some(text);
+            }
             rego if rego.ends_with(".rego") => {
                 let text = String::from_utf8(contents)
                     .map_err(|_| BundleError::Malformed(format!("{rego} is not UTF-8")))?;

@@ -67,10 +67,16 @@ impl EmbeddedEngine {
         for (path, module) in contents.modules {
             engine.add_policy(path, module).map_err(evaluation)?;
         }
-        let data = serde_json::json!({ bundle::DATA_ROOT: { bundle::STATE_KEY: contents.data } });
-        engine
-            .add_data(RegoValue::from_json_str(&data.to_string()).map_err(evaluation)?)
-            .map_err(evaluation)?;
+        // The state document goes into regorus straight from its JSON text, wrapped in place:
+        // building an intermediate serde value would hold a large document twice.
+        let data = format!(
+            "{{\"{}\":{{\"{}\":{}}}}}",
+            bundle::DATA_ROOT,
+            bundle::STATE_KEY,
+            contents.data
+        );
+        let data = RegoValue::from_json_str(&data).map_err(evaluation)?;
+        engine.add_data(data).map_err(evaluation)?;
         // The first evaluation analyses and schedules the modules; clones of a prepared engine
         // skip that work, which would otherwise dominate every decision.
         engine.set_input(RegoValue::new_object());
