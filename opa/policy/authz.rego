@@ -11,9 +11,13 @@
 #           unrestricted.
 #         (The tenants a subject may use live in tenants.rego, package heimdall.tenants.)
 #
-# The data (data.heimdall.state) lists each user's and group's policies as whole policy objects:
-# a decision reads one entry per user and group and never looks policies up by name, so its cost
-# does not grow with the number of policies. The bundle expands a "*" action into every action.
+# The data (data.heimdall.state) indexes policy names by subject and then by tenant:
+#   subjects.user[U].tenants[T]  - policies of user U that name tenant T;
+#   subjects.user[U].registered  - policies of user U scoped to "*" (every registered tenant);
+#   and the same under subjects.group[G]; policies[NAME] holds each policy once.
+# A decision reads one entry per user and group and only the policies that can apply to the
+# tenant, so its cost does not grow with the number of policies. The bundle expands a "*" action
+# into every action.
 package heimdall.authz
 
 import rego.v1
@@ -42,68 +46,72 @@ decision := result if {
 	}
 }
 
-# The subject's policies: the lists of its user and of each of its groups. An array, not a set:
-# deduplicating would compare whole policy objects, which costs more than it saves.
-subject_policies := array.concat(
-	object.get(data.heimdall.state.subjects.user, input.subject.user, []),
-	[policy |
-		some group in input.subject.groups
-		some policy in object.get(data.heimdall.state.subjects.group, group, [])
-	],
+# The index entries of the subject: its user's and each of its groups'.
+subject_entries := array.concat(
+	[object.get(data.heimdall.state.subjects.user, input.subject.user, {})],
+	[object.get(data.heimdall.state.subjects.group, group, {}) | some group in input.subject.groups],
 )
 
-# Positions in subject_policies of the policies that apply to the requested tenant and action.
-# The checks of applies() are written out: this is every decision's hot path, and a function
-# call costs regorus more than the lookups themselves.
-matching contains i if {
-	some i, policy in subject_policies
+# The policies of the requested tenant that apply to the requested action. This is
+# policies_for(input.tenant, input.action) written out as rules: every decision runs it, and a
+# function call costs regorus more than the lookups themselves.
+matching contains name if {
+	some name in scoped
+	policy := data.heimdall.state.policies[name]
 	policy.actions[input.action]
 	policy.resources[requested_resource]
-	policy.tenants[input.tenant]
 }
 
-# "*" covers registered tenants only.
-matching contains i if {
-	some i, policy in subject_policies
-	policy.actions[input.action]
-	policy.resources[requested_resource]
-	policy.all_registered
+scoped contains name if {
+	some entry in subject_entries
+	some name in object.get(object.get(entry, "tenants", {}), input.tenant, [])
+}
+
+scoped contains name if {
 	data.heimdall.state.tenants[input.tenant]
+	some entry in subject_entries
+	some name in object.get(entry, "registered", [])
 }
 
-denials := {subject_policies[i].name | some i in matching; subject_policies[i].effect == "deny"}
+denials := {name | some name in matching; data.heimdall.state.policies[name].effect == "deny"}
 
 # Allowing policies by name, with their filters.
-grants := {subject_policies[i].name: subject_policies[i].filters |
-	some i in matching
-	subject_policies[i].effect == "allow"
-}
-
-# The names of the subject's policies that deny or allow `action` on `tenant`.
-denied_by(tenant, action) := {policy.name |
-	some policy in subject_policies
-	applies(policy, tenant, action)
-	policy.effect == "deny"
-}
-
-allowed_by(tenant, action) := {policy.name |
-	some policy in subject_policies
-	applies(policy, tenant, action)
+grants := {name: policy.filters |
+	some name in matching
+	policy := data.heimdall.state.policies[name]
 	policy.effect == "allow"
 }
 
-applies(policy, tenant, action) if {
+# The names of the subject's policies that cover `tenant` and allow or deny `action` there.
+policies_for(tenant, action) := {name |
+	some name in scoped_to(tenant)
+	policy := data.heimdall.state.policies[name]
 	policy.actions[action]
 	policy.resources[requested_resource]
-	tenant_matches(policy, tenant)
 }
 
-tenant_matches(policy, tenant) if policy.tenants[tenant]
+# The names of the subject's policies whose scope covers `tenant`: those naming it, and those
+# scoped to "*" when it is registered.
+scoped_to(tenant) := named | registered if {
+	named := {name |
+		some entry in subject_entries
+		some name in object.get(object.get(entry, "tenants", {}), tenant, [])
+	}
+	registered := {name |
+		data.heimdall.state.tenants[tenant]
+		some entry in subject_entries
+		some name in object.get(entry, "registered", [])
+	}
+}
 
-# "*" covers registered tenants only.
-tenant_matches(policy, tenant) if {
-	policy.all_registered
-	data.heimdall.state.tenants[tenant]
+denied_by(tenant, action) := {name |
+	some name in policies_for(tenant, action)
+	data.heimdall.state.policies[name].effect == "deny"
+}
+
+allowed_by(tenant, action) := {name |
+	some name in policies_for(tenant, action)
+	data.heimdall.state.policies[name].effect == "allow"
 }
 
 filter_sets(_, true) := []

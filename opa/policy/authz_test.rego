@@ -33,16 +33,24 @@ policies := {
 	"auditors-deny-filtered": policy("deny", ["read"], ["acme"], false, ["env=\"prod\""]),
 }
 
-# The layout the bundle builder writes: each subject lists its whole policy objects.
+# The layout the bundle builder writes: policies once by name, and per subject the names of its
+# policies by tenant, plus those scoped to "*".
 fixture := {
 	"tenants": {"acme": {"name": "Acme Corp"}, "globex": {"name": "Globex"}},
+	"policies": {name: object.union(spec, {"name": name}) | some name, spec in policies},
 	"subjects": {
-		"user": {user: [named(name) | some name in names] | some user, names in users},
-		"group": {group: [named(name) | some name in names] | some group, names in groups},
+		"user": {user: entry(names) | some user, names in users},
+		"group": {group: entry(names) | some group, names in groups},
 	},
 }
 
-named(name) := object.union(policies[name], {"name": name})
+entry(names) := {
+	"tenants": {tenant: sort([name | some name in names; policies[name].tenants[tenant]]) |
+		some named in names
+		some tenant, _ in policies[named].tenants
+	},
+	"registered": sort([name | some name in names; policies[name].all_registered]),
+}
 
 policy(effect, actions, tenants, all_registered, filters) := {
 	"effect": effect,

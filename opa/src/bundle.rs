@@ -116,80 +116,77 @@ pub fn build<'a>(
     })
 }
 
-/// Writes the state document (`data.heimdall.state`) as JSON: registered tenants, and for each
-/// user and group the whole objects of its policies (sorted by name), so that a decision reads one
-/// entry per user and group and never looks a policy up among all the others.
+/// Writes the state document (`data.heimdall.state`) as JSON: registered tenants, each policy
+/// once by name, and per user and group the names of its policies by tenant (plus those scoped
+/// to `*`), so that a decision reads only the policies that can apply to its tenant.
 ///
-/// Each policy object is serialised once and copied under each of its subjects; keys come out
-/// sorted, so the same state always gives the same bytes.
+/// Keys and name lists come out sorted, so the same state always gives the same bytes.
 pub fn data_json<'a>(
     tenants: impl IntoIterator<Item = &'a Tenant>,
     policies: impl IntoIterator<Item = &'a Policy>,
 ) -> Result<Vec<u8>, BundleError> {
-    let tenants: BTreeMap<&str, TenantDocument<'_>> = tenants
-        .into_iter()
-        .map(|tenant| {
-            (
-                tenant.id.as_str(),
-                TenantDocument {
-                    name: &tenant.display_name,
-                },
-            )
-        })
-        .collect();
-    let mut users: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
-    let mut groups: BTreeMap<&str, Vec<(&str, usize)>> = BTreeMap::new();
-    let mut documents: Vec<Vec<u8>> = Vec::new();
+    let mut state = StateDocument::default();
+    for tenant in tenants {
+        state.tenants.insert(
+            tenant.id.as_str(),
+            TenantDocument {
+                name: &tenant.display_name,
+            },
+        );
+    }
     for policy in policies {
-        let index = documents.len();
-        documents.push(serde_json::to_vec(&PolicyDocument::of(policy))?);
+        let name = policy.name.as_str();
         for subject in &policy.subjects {
             let by_subject = match subject.kind {
-                SubjectKind::User => &mut users,
-                SubjectKind::Group => &mut groups,
+                SubjectKind::User => &mut state.subjects.user,
+                SubjectKind::Group => &mut state.subjects.group,
             };
-            let entry = (policy.name.as_str(), index);
-            by_subject
-                .entry(subject.id.as_str())
-                .or_default()
-                .push(entry);
+            let entry = by_subject.entry(subject.id.as_str()).or_default();
+            for scope in &policy.scope.tenants {
+                match scope {
+                    TenantScope::AllRegistered => entry.registered.push(name),
+                    TenantScope::Tenant(id) => {
+                        entry.tenants.entry(id.as_str()).or_default().push(name);
+                    }
+                }
+            }
+        }
+        state.policies.insert(name, PolicyDocument::of(policy));
+    }
+    for entry in state
+        .subjects
+        .user
+        .values_mut()
+        .chain(state.subjects.group.values_mut())
+    {
+        entry.registered.sort_unstable();
+        entry.registered.dedup();
+        for names in entry.tenants.values_mut() {
+            names.sort_unstable();
+            names.dedup();
         }
     }
-    let mut out = Vec::with_capacity(documents.iter().map(Vec::len).sum::<usize>() * 2);
-    out.extend_from_slice(b"{\"subjects\":{\"group\":");
-    write_index(&mut out, groups, &documents)?;
-    out.extend_from_slice(b",\"user\":");
-    write_index(&mut out, users, &documents)?;
-    out.extend_from_slice(b"},\"tenants\":");
-    serde_json::to_writer(&mut out, &tenants)?;
-    out.push(b'}');
-    Ok(out)
+    Ok(serde_json::to_vec(&state)?)
 }
 
-/// Writes `{"<subject>": [<policy>, ...], ...}` with subjects and their policies sorted.
-fn write_index(
-    out: &mut Vec<u8>,
-    index: BTreeMap<&str, Vec<(&str, usize)>>,
-    documents: &[Vec<u8>],
-) -> Result<(), BundleError> {
-    out.push(b'{');
-    for (position, (subject, mut entries)) in index.into_iter().enumerate() {
-        if position > 0 {
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, subject)?;
-        out.extend_from_slice(b":[");
-        entries.sort_unstable_by(|left, right| left.0.cmp(right.0));
-        for (offset, (_, document)) in entries.iter().enumerate() {
-            if offset > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&documents[*document]);
-        }
-        out.push(b']');
-    }
-    out.push(b'}');
-    Ok(())
+#[derive(Default, Serialize)]
+struct StateDocument<'a> {
+    policies: BTreeMap<&'a str, PolicyDocument<'a>>,
+    subjects: SubjectsDocument<'a>,
+    tenants: BTreeMap<&'a str, TenantDocument<'a>>,
+}
+
+#[derive(Default, Serialize)]
+struct SubjectsDocument<'a> {
+    group: BTreeMap<&'a str, SubjectEntry<'a>>,
+    user: BTreeMap<&'a str, SubjectEntry<'a>>,
+}
+
+/// One user's or group's policy names: by tenant, and those scoped to every registered tenant.
+#[derive(Default, Serialize)]
+struct SubjectEntry<'a> {
+    registered: Vec<&'a str>,
+    tenants: BTreeMap<&'a str, Vec<&'a str>>,
 }
 
 #[derive(Serialize)]

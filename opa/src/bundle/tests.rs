@@ -49,14 +49,11 @@ fn a_bundle_reads_back_as_built() {
 fn the_data_is_indexed_by_subject() {
     let (tenants, policies) = sample();
     let data: Value = serde_json::from_slice(&data_json(&tenants, &policies).unwrap()).unwrap();
-    let alice = data["subjects"]["user"]["alice"].as_array().unwrap();
-    let names: Vec<&str> = alice
-        .iter()
-        .map(|policy| policy["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["a", "b"]);
-    assert_eq!(data["subjects"]["group"]["ops"][0]["name"], json!("a"));
-    let (a, b) = (&alice[0], &alice[1]);
+    let alice = &data["subjects"]["user"]["alice"];
+    assert_eq!(alice["tenants"], json!({"acme": ["b"]}));
+    assert_eq!(alice["registered"], json!(["a"]));
+    assert_eq!(data["subjects"]["group"]["ops"]["registered"], json!(["a"]));
+    let (a, b) = (&data["policies"]["a"], &data["policies"]["b"]);
     assert_eq!(a["all_registered"], json!(true));
     assert_eq!(
         a["actions"].as_object().unwrap().len(),
