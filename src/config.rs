@@ -72,7 +72,9 @@ pub struct RawBundle {
     /// Local folder that bundles are published to (`bundles/bundle.tar.gz` and
     /// `bundles/revisions/<rev>.tar.gz` below it). Empty: `<data_dir>/bundles`.
     pub dir: String,
-    /// `s3://bucket[/prefix]`: publish to S3 or an S3-compatible store instead of `dir`.
+    /// `s3://bucket[/prefix]`, `gs://bucket[/prefix]` or `az://container[/prefix]`: publish to
+    /// S3 (or an S3-compatible store), Google Cloud Storage or Azure Blob Storage instead of `dir`.
+    /// GCS and Azure take their credentials from the `GOOGLE_*` and `AZURE_*` variables.
     pub url: String,
     pub s3: RawS3,
     /// Tokens that may only download bundles, as OPA's `credentials.bearer` sends them. Admin
@@ -366,17 +368,27 @@ fn bundle_storage(bundle: &RawBundle, data_dir: &Path) -> anyhow::Result<BundleS
     if !bundle.dir.trim().is_empty() {
         bail!("config key bundle.url: give either bundle.dir or bundle.url, not both");
     }
-    let Some(location) = url.strip_prefix("s3://") else {
-        bail!("config key bundle.url: {url:?} must start with s3://");
-    };
+    let (scheme, location) = url.split_once("://").unwrap_or(("", url));
     let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
     if bucket.is_empty() {
         bail!("config key bundle.url: {url:?} names no bucket");
     }
+    let (bucket, prefix) = (bucket.to_owned(), prefix.trim_matches('/').to_owned());
+    match scheme {
+        "s3" => {}
+        "gs" => return Ok(BundleStorage::Gcs { bucket, prefix }),
+        "az" | "azure" => {
+            return Ok(BundleStorage::Azure {
+                container: bucket,
+                prefix,
+            });
+        }
+        _ => bail!("config key bundle.url: {url:?} must start with s3://, gs:// or az://"),
+    }
     let optional = |value: &str| Some(value.trim().to_owned()).filter(|value| !value.is_empty());
     Ok(BundleStorage::S3(S3Storage {
-        bucket: bucket.to_owned(),
-        prefix: prefix.trim_matches('/').to_owned(),
+        bucket,
+        prefix,
         endpoint: optional(&bundle.s3.endpoint),
         region: optional(&bundle.s3.region),
         allow_http: bundle.s3.allow_http,

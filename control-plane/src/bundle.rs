@@ -38,6 +38,10 @@ pub enum BundleStorage {
     LocalDir(std::path::PathBuf),
     /// An S3 bucket or S3-compatible store.
     S3(S3Storage),
+    /// A Google Cloud Storage bucket; credentials from `GOOGLE_*` variables.
+    Gcs { bucket: String, prefix: String },
+    /// An Azure Blob Storage container; account and credentials from `AZURE_*` variables.
+    Azure { container: String, prefix: String },
 }
 
 /// An S3 or S3-compatible location. Credentials left empty come from the standard `AWS_*`
@@ -78,6 +82,8 @@ impl std::fmt::Display for BundleStorage {
         match self {
             Self::LocalDir(dir) => write!(f, "file://{}", dir.display()),
             Self::S3(s3) => write!(f, "s3://{}/{}", s3.bucket, s3.prefix),
+            Self::Gcs { bucket, prefix } => write!(f, "gs://{bucket}/{prefix}"),
+            Self::Azure { container, prefix } => write!(f, "az://{container}/{prefix}"),
         }
     }
 }
@@ -95,17 +101,10 @@ impl BundleStorage {
                 Ok(Arc::new(store))
             }
             Self::S3(s3) => {
-                // Fail fast and let the publisher's own backoff retry, so that readiness
-                // reports an outage within seconds rather than minutes.
-                let retry = object_store::RetryConfig {
-                    max_retries: 2,
-                    retry_timeout: Duration::from_secs(10),
-                    ..object_store::RetryConfig::default()
-                };
                 let mut builder = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&s3.bucket)
                     .with_allow_http(s3.allow_http)
-                    .with_retry(retry);
+                    .with_retry(fail_fast());
                 if let Some(endpoint) = &s3.endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }
@@ -121,16 +120,43 @@ impl BundleStorage {
                 let store = builder
                     .build()
                     .map_err(|error| config_error(error.to_string()))?;
-                if s3.prefix.is_empty() {
-                    return Ok(Arc::new(store));
-                }
-                Ok(Arc::new(object_store::prefix::PrefixStore::new(
-                    store,
-                    s3.prefix.as_str(),
-                )))
+                Ok(with_prefix(store, &s3.prefix))
+            }
+            Self::Gcs { bucket, prefix } => {
+                let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(fail_fast())
+                    .build()
+                    .map_err(|error| config_error(error.to_string()))?;
+                Ok(with_prefix(store, prefix))
+            }
+            Self::Azure { container, prefix } => {
+                let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .with_retry(fail_fast())
+                    .build()
+                    .map_err(|error| config_error(error.to_string()))?;
+                Ok(with_prefix(store, prefix))
             }
         }
     }
+}
+
+/// Few, quick retries: the publisher's own backoff retries for longer, and readiness should
+/// report an outage within seconds rather than minutes.
+fn fail_fast() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(10),
+        ..object_store::RetryConfig::default()
+    }
+}
+
+fn with_prefix(store: impl ObjectStore, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        return Arc::new(store);
+    }
+    Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
 }
 
 /// Returns the immutable key of one revision's bundle.
@@ -440,4 +466,31 @@ async fn wait_for_retry(delay: Option<Duration>) {
 
 fn storage(error: object_store::Error) -> ControlPlaneError {
     ControlPlaneError::Storage(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_store_is_created_where_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("nested/bundles");
+        BundleStorage::LocalDir(folder.clone()).open().unwrap();
+        assert!(folder.is_dir());
+        assert_eq!(revision_key(42), "bundles/revisions/42.tar.gz");
+    }
+
+    #[test]
+    fn azure_without_an_account_is_a_configuration_error_naming_the_storage() {
+        if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_some() {
+            return;
+        }
+        let storage = BundleStorage::Azure {
+            container: "bundles".into(),
+            prefix: "opa".into(),
+        };
+        let error = storage.open().expect_err("an account is required");
+        assert!(error.to_string().contains("az://bundles/opa"), "{error}");
+    }
 }

@@ -67,7 +67,7 @@ fn wrong_values_name_their_key() {
             "config key database.max_connections",
         ),
         ("nats:\n  url: localhost:4222\n", "config key nats.url"),
-        ("bundle:\n  url: gs://b\n", "config key bundle.url"),
+        ("bundle:\n  url: ftp://b\n", "config key bundle.url"),
         ("bundle:\n  url: s3://\n", "config key bundle.url"),
         (
             "nats:\n  subject_prefix: \"a..b\"\n",
@@ -197,4 +197,20 @@ fn s3_bundle_storage_is_read_from_the_url_and_the_environment() {
         !format!("{config:?}").contains("top-secret"),
         "secrets never reach Debug output"
     );
+}
+
+#[test]
+fn gcs_and_azure_bundle_storage_are_read_from_the_url() {
+    let config = load_text("bundle:\n  url: gs://heimdall/opa\n", &[]).unwrap();
+    let expected = BundleStorage::Gcs {
+        bucket: "heimdall".into(),
+        prefix: "opa".into(),
+    };
+    assert_eq!(config.bundle_storage, expected);
+    let config = load_text("bundle:\n  url: az://bundles\n", &[]).unwrap();
+    let expected = BundleStorage::Azure {
+        container: "bundles".into(),
+        prefix: String::new(),
+    };
+    assert_eq!(config.bundle_storage, expected);
 }
