@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use heimdall_control_plane::{AdminToken, AdminTokens, ControlPlaneSettings};
 
 use crate::cli::{ServeArgs, Target};
-use crate::config::{self, ServeConfig};
+use crate::config::{self, RawAdminToken, ServeConfig};
 
 /// The file in the data folder that keeps the generated admin token's hash.
 const ADMIN_TOKEN_HASH_FILE: &str = "admin-token.sha256";
@@ -38,19 +38,14 @@ async fn run_control_plane(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     let tokens = admin_tokens(&config)?;
-    let bundle_tokens = config
-        .bundle_tokens
-        .iter()
-        .map(|token| AdminToken::from_hex(&token.name, &token.sha256))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let bundle_tokens = configured_tokens(&config.bundle_tokens)?;
     let settings = ControlPlaneSettings {
         database_url,
         max_connections: config.max_connections,
         admin_addr: config.admin_addr,
         http_addr: config.http_addr,
         tokens,
-        bundle_tokens: AdminTokens::new(bundle_tokens),
+        bundle_tokens,
         bundle_storage: config.bundle_storage.clone(),
         nats_url: config.nats_url.clone(),
         nats_subject_prefix: config.nats_subject_prefix.clone(),
@@ -63,13 +58,7 @@ async fn run_control_plane(config: ServeConfig) -> anyhow::Result<()> {
 /// Returns the configured admin tokens; with none, the generated one, made at first start.
 fn admin_tokens(config: &ServeConfig) -> anyhow::Result<AdminTokens> {
     if !config.admin_tokens.is_empty() {
-        let tokens = config
-            .admin_tokens
-            .iter()
-            .map(|token| AdminToken::from_hex(&token.name, &token.sha256))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(anyhow::Error::msg)?;
-        return Ok(AdminTokens::new(tokens));
+        return configured_tokens(&config.admin_tokens);
     }
     create_data_dir(&config.data_dir)?;
     let hash_path = config.data_dir.join(ADMIN_TOKEN_HASH_FILE);
@@ -97,6 +86,16 @@ fn admin_tokens(config: &ServeConfig) -> anyhow::Result<AdminTokens> {
     let token = AdminToken::from_hex(GENERATED_TOKEN_NAME, &hash)
         .map_err(|reason| anyhow::anyhow!("{}: {reason}", hash_path.display()))?;
     Ok(AdminTokens::new(vec![token]))
+}
+
+/// Turns configured token hashes (validated at load) into the set the servers check.
+fn configured_tokens(tokens: &[RawAdminToken]) -> anyhow::Result<AdminTokens> {
+    let tokens = tokens
+        .iter()
+        .map(|token| AdminToken::from_hex(&token.name, &token.sha256))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    Ok(AdminTokens::new(tokens))
 }
 
 fn create_data_dir(path: &Path) -> anyhow::Result<()> {
