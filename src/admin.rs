@@ -67,7 +67,9 @@ pub async fn run(connection: &Connection, command: Command) -> anyhow::Result<()
             Ok(())
         }
         Command::Explain(args) => explain(&mut client, format, args).await,
-        Command::Serve(_) | Command::AdminToken => unreachable!("handled in main"),
+        Command::Serve(_) | Command::AdminToken | Command::Token(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 

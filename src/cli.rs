@@ -60,6 +60,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Generates an admin token and prints it with the SHA-256 that the config takes.
     AdminToken,
+    /// Mints a token from the development key of `serve --target=all --dev`.
+    Token(TokenArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,16 +97,40 @@ pub struct ExplainArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
-    /// The event store and the admin API.
+    /// The event store, the admin API and the bundle server.
     ControlPlane,
+    /// The stateless proxy in front of Mimir.
+    Proxy,
+    /// Both in one process, on the embedded defaults.
+    All,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// What to run.
-    #[arg(long, value_enum, default_value_t = Target::ControlPlane)]
+    #[arg(long, value_enum, default_value_t = Target::All)]
     pub target: Target,
     /// A YAML config file; without one, the embedded defaults apply.
+    #[arg(long, env = "HEIMDALL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// With `--target=all`: trust a development signing key kept in the data folder, serve its
+    /// JWKS, and let `heimdall token` mint tokens. Never for production.
+    #[arg(long)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user the token names (`sub`).
+    #[arg(long)]
+    pub user: String,
+    /// A group the user is in; repeat for several.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// How long the token is valid: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// The config file whose `data_dir` holds the development key.
     #[arg(long, env = "HEIMDALL_CONFIG")]
     pub config: Option<PathBuf>,
 }

@@ -10,6 +10,11 @@ use heimdall_control_plane::bundle::{BundleStorage, S3Storage};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
+pub use proxy::ProxyConfig;
+use proxy::{RawJwt, RawMimir, RawOpa, RawProxy};
+
+mod proxy;
+
 /// The prefix of every configuration environment variable.
 const ENV_PREFIX: &str = "HEIMDALL_";
 
@@ -22,6 +27,14 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub bundle: RawBundle,
     pub nats: RawNats,
+    /// The upstream the proxy protects (the original Heimdall's key).
+    pub mimir: RawMimir,
+    /// How the proxy verifies tokens.
+    pub jwt: RawJwt,
+    /// A remote OPA for the proxy's decisions; by default the embedded engine decides.
+    pub opa: RawOpa,
+    /// The proxy's bundle source, tenant handling and limits.
+    pub proxy: RawProxy,
     /// Folder for the embedded defaults: the SQLite database and the generated admin token hash.
     pub data_dir: String,
 }
@@ -29,6 +42,10 @@ pub struct RawConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
+    /// The proxy's Prometheus API.
+    pub main: RawListener,
+    /// The proxy's /metrics, /healthz and /readyz.
+    pub metrics: RawListener,
     /// The admin gRPC API.
     pub admin: RawListener,
     /// The control plane's HTTP listener: /healthz, /readyz, /metrics (later the bundles).
@@ -141,6 +158,10 @@ impl Default for RawConfig {
             admin: RawAdmin::default(),
             bundle: RawBundle::default(),
             nats: RawNats::default(),
+            mimir: RawMimir::default(),
+            jwt: RawJwt::default(),
+            opa: RawOpa::default(),
+            proxy: RawProxy::default(),
             data_dir: "heimdall-data".to_owned(),
         }
     }
@@ -149,6 +170,12 @@ impl Default for RawConfig {
 impl Default for RawServer {
     fn default() -> Self {
         Self {
+            main: RawListener {
+                addr: "127.0.0.1:9091".to_owned(),
+            },
+            metrics: RawListener {
+                addr: "127.0.0.1:9094".to_owned(),
+            },
             admin: RawListener {
                 addr: "127.0.0.1:9093".to_owned(),
             },
@@ -173,8 +200,11 @@ impl Default for RawDatabase {
 }
 
 /// The validated configuration of `heimdall serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServeConfig {
+    pub proxy_addr: SocketAddr,
+    pub proxy_metrics_addr: SocketAddr,
+    pub proxy: ProxyConfig,
     pub admin_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub log_level: tracing::Level,
@@ -292,9 +322,20 @@ fn set_path(root: &mut Value, path: &[String], value: Value) -> anyhow::Result<(
 fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
     let admin_addr = parse_addr("server.admin.addr", &raw.server.admin.addr)?;
     let http_addr = parse_addr("server.bundle.addr", &raw.server.bundle.addr)?;
-    if admin_addr == http_addr {
-        bail!("config key server.bundle.addr: must differ from server.admin.addr");
+    let proxy_addr = parse_addr("server.main.addr", &raw.server.main.addr)?;
+    let proxy_metrics_addr = parse_addr("server.metrics.addr", &raw.server.metrics.addr)?;
+    let listeners = [
+        ("server.main.addr", proxy_addr),
+        ("server.metrics.addr", proxy_metrics_addr),
+        ("server.admin.addr", admin_addr),
+        ("server.bundle.addr", http_addr),
+    ];
+    for (index, (key, addr)) in listeners.iter().enumerate() {
+        if let Some((other, _)) = listeners[..index].iter().find(|(_, seen)| seen == addr) {
+            bail!("config key {key}: must differ from {other}");
+        }
     }
+    let proxy = proxy::validate(&raw.mimir, &raw.jwt, &raw.opa, &raw.proxy)?;
     let log_level = match raw.server.log_level.as_str() {
         "trace" => tracing::Level::TRACE,
         "debug" => tracing::Level::DEBUG,
@@ -341,6 +382,9 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
     }
     let bundle_storage = bundle_storage(&raw.bundle, &data_dir)?;
     Ok(ServeConfig {
+        proxy_addr,
+        proxy_metrics_addr,
+        proxy,
         admin_addr,
         http_addr,
         log_level,

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::AdminToken => admin::print_new_admin_token(),
+            Command::Token(args) => serve::mint_dev_token(&args),
             command => admin::run(&cli.connection, command).await,
         }
     });

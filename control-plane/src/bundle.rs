@@ -209,6 +209,11 @@ impl PublishedBundles {
         changed.clone()
     }
 
+    /// Subscribes to the in-process change notifications, sent after each new bundle.
+    pub fn notifications(&self) -> tokio::sync::broadcast::Receiver<RevisionNotification> {
+        self.notifier.subscribe()
+    }
+
     /// Returns whether the change notifier's NATS connection, if any, is up.
     pub fn notifications_connected(&self) -> bool {
         self.notifier.nats_connected()

@@ -19,4 +19,4 @@ pub mod store;
 
 pub use auth::{AdminToken, AdminTokens, generate_token, hash_token};
 pub use error::ControlPlaneError;
-pub use server::{ControlPlaneSettings, run};
+pub use server::{ControlPlane, ControlPlaneSettings, run};

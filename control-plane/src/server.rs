@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::api::AdminApi;
 use crate::auth::AdminTokens;
-use crate::bundle::{BundleStorage, Publisher};
+use crate::bundle::{BundleStorage, PublishedBundles, Publisher};
 use crate::error::ControlPlaneError;
 use crate::http::HttpState;
 use crate::ledger::Ledger;
@@ -44,67 +44,121 @@ pub struct ControlPlaneSettings {
     pub nats_subject_prefix: String,
 }
 
+/// A control plane that is connected to its database and bound to its listeners, not yet serving.
+pub struct ControlPlane {
+    settings: ControlPlaneSettings,
+    registry: Registry,
+    metrics: ControlPlaneMetrics,
+    store: EventStore,
+    ledger: Arc<Ledger>,
+    admin_listener: TcpListener,
+    http_listener: TcpListener,
+    publisher: Publisher,
+    bundles: PublishedBundles,
+}
+
+impl ControlPlane {
+    /// Connects the store, rebuilds the projection and binds both listeners.
+    pub async fn start(settings: ControlPlaneSettings) -> Result<Self, ControlPlaneError> {
+        if settings.tokens.is_empty() {
+            return Err(ControlPlaneError::Config(
+                "no admin token is configured".to_owned(),
+            ));
+        }
+        let registry = Registry::new();
+        let metrics = ControlPlaneMetrics::register(&registry).map_err(|error| {
+            ControlPlaneError::Internal(format!("registering metrics: {error}"))
+        })?;
+        let store = EventStore::connect(&settings.database_url, settings.max_connections).await?;
+        tracing::info!(dialect = ?store.dialect(), "connected to database");
+        let ledger = Arc::new(Ledger::open(store.clone(), metrics.clone()).await?);
+
+        let admin_listener = bind(settings.admin_addr, "server.admin.addr").await?;
+        let http_listener = bind(settings.http_addr, "server.bundle.addr").await?;
+        tracing::info!(
+            admin_addr = %settings.admin_addr,
+            http_addr = %settings.http_addr,
+            "control plane listening"
+        );
+
+        let object_store = settings.bundle_storage.open()?;
+        tracing::info!(storage = %settings.bundle_storage, "publishing bundles");
+        let notifier = match &settings.nats_url {
+            Some(url) => Notifier::with_nats(url, &settings.nats_subject_prefix).await?,
+            None => Notifier::in_process(),
+        };
+        let (publisher, bundles) =
+            Publisher::new(store.clone(), object_store, metrics.clone(), notifier);
+        Ok(Self {
+            settings,
+            registry,
+            metrics,
+            store,
+            ledger,
+            admin_listener,
+            http_listener,
+            publisher,
+            bundles,
+        })
+    }
+
+    /// Returns the published bundles and their change notifications, for an in-process proxy.
+    pub fn bundles(&self) -> PublishedBundles {
+        self.bundles.clone()
+    }
+
+    /// Serves until `shutdown` turns true, then drains in-flight requests and returns.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ControlPlaneError> {
+        let Self {
+            settings,
+            registry,
+            metrics,
+            store,
+            ledger,
+            admin_listener,
+            http_listener,
+            publisher,
+            bundles,
+        } = self;
+        let publishing = tokio::spawn(publisher.run(ledger.subscribe_head(), shutdown.clone()));
+        let catch_up = tokio::spawn(catch_up_periodically(ledger.clone(), shutdown.clone()));
+        let http_state = HttpState {
+            store,
+            registry,
+            ledger: ledger.clone(),
+            bundles,
+            bundle_readers: vec![settings.bundle_tokens, settings.tokens.clone()],
+            metrics: metrics.clone(),
+        };
+        let api = AdminApi::new(ledger, settings.tokens, metrics);
+        let mut grpc_shutdown = shutdown.clone();
+        let grpc = tonic::transport::Server::builder()
+            .add_service(AdminServiceServer::new(api))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(admin_listener),
+                async move { stopped(&mut grpc_shutdown).await },
+            );
+        let http = axum::serve(http_listener, crate::http::router(http_state))
+            .with_graceful_shutdown(async move { stopped(&mut shutdown).await });
+
+        let (grpc_result, http_result) = tokio::join!(grpc, http);
+        catch_up.abort();
+        publishing.abort();
+        grpc_result
+            .map_err(|error| ControlPlaneError::Internal(format!("admin server: {error}")))?;
+        http_result
+            .map_err(|error| ControlPlaneError::Internal(format!("http server: {error}")))?;
+        tracing::info!("control plane stopped");
+        Ok(())
+    }
+}
+
 /// Serves until `shutdown` turns true, then drains in-flight requests and returns.
 pub async fn run(
     settings: ControlPlaneSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ControlPlaneError> {
-    if settings.tokens.is_empty() {
-        return Err(ControlPlaneError::Config(
-            "no admin token is configured".to_owned(),
-        ));
-    }
-    let registry = Registry::new();
-    let metrics = ControlPlaneMetrics::register(&registry)
-        .map_err(|error| ControlPlaneError::Internal(format!("registering metrics: {error}")))?;
-    let store = EventStore::connect(&settings.database_url, settings.max_connections).await?;
-    tracing::info!(dialect = ?store.dialect(), "connected to database");
-    let ledger = Arc::new(Ledger::open(store.clone(), metrics.clone()).await?);
-
-    let admin_listener = bind(settings.admin_addr, "server.admin.addr").await?;
-    let http_listener = bind(settings.http_addr, "server.bundle.addr").await?;
-    tracing::info!(
-        admin_addr = %settings.admin_addr,
-        http_addr = %settings.http_addr,
-        "control plane listening"
-    );
-
-    let object_store = settings.bundle_storage.open()?;
-    tracing::info!(storage = %settings.bundle_storage, "publishing bundles");
-    let notifier = match &settings.nats_url {
-        Some(url) => Notifier::with_nats(url, &settings.nats_subject_prefix).await?,
-        None => Notifier::in_process(),
-    };
-    let (publisher, bundles) =
-        Publisher::new(store.clone(), object_store, metrics.clone(), notifier);
-    let publishing = tokio::spawn(publisher.run(ledger.subscribe_head(), shutdown.clone()));
-    let catch_up = tokio::spawn(catch_up_periodically(ledger.clone(), shutdown.clone()));
-    let http_state = HttpState {
-        store,
-        registry,
-        ledger: ledger.clone(),
-        bundles,
-        bundle_readers: vec![settings.bundle_tokens, settings.tokens.clone()],
-        metrics: metrics.clone(),
-    };
-    let api = AdminApi::new(ledger, settings.tokens, metrics);
-    let mut grpc_shutdown = shutdown.clone();
-    let grpc = tonic::transport::Server::builder()
-        .add_service(AdminServiceServer::new(api))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(admin_listener),
-            async move { stopped(&mut grpc_shutdown).await },
-        );
-    let http = axum::serve(http_listener, crate::http::router(http_state))
-        .with_graceful_shutdown(async move { stopped(&mut shutdown).await });
-
-    let (grpc_result, http_result) = tokio::join!(grpc, http);
-    catch_up.abort();
-    publishing.abort();
-    grpc_result.map_err(|error| ControlPlaneError::Internal(format!("admin server: {error}")))?;
-    http_result.map_err(|error| ControlPlaneError::Internal(format!("http server: {error}")))?;
-    tracing::info!("control plane stopped");
-    Ok(())
+    ControlPlane::start(settings).await?.serve(shutdown).await
 }
 
 async fn catch_up_periodically(ledger: Arc<Ledger>, mut shutdown: watch::Receiver<bool>) {

@@ -1,4 +1,20 @@
-//! Heimdall's proxy: identity, tenant resolution, decisions, PromQL enforcement, upstream dispatch
-//! and merge. The request path lands with the proxy issues; this crate holds its place in the
-//! workspace so that the dependency direction (the proxy never depends on the control plane) is
-//! fixed from the start.
+//! Heimdall's proxy: a stateless HTTP gateway that authenticates a JWT, decides per tenant with
+//! the live policy bundle, and forwards what is allowed to Mimir. Modules follow the request:
+//! identity, tenants, decision, upstream, respond; `bundle_sync` keeps the policy current.
+
+pub mod bundle_sync;
+pub mod decision;
+pub mod gateway;
+pub mod identity;
+pub mod metrics;
+pub mod respond;
+pub mod server;
+pub mod tenants;
+pub mod upstream;
+
+pub use bundle_sync::{BundleSource, LatestBundle, Notifications};
+pub use gateway::PartialTenants;
+pub use identity::dev::DevSigner;
+pub use identity::{IdentitySettings, KeySource};
+pub use server::{ProxySettings, ProxySources, RemoteOpaSettings, StartError, run};
+pub use upstream::{UpstreamAuth, UpstreamSettings};

@@ -214,3 +214,72 @@ fn gcs_and_azure_bundle_storage_are_read_from_the_url() {
     };
     assert_eq!(config.bundle_storage, expected);
 }
+
+#[test]
+fn the_deploy_example_parses() {
+    let text = include_str!("../../deploy/heimdall.example.yaml");
+    let config = load_text(text, &[]).expect("the example config should load");
+    assert_eq!(config.proxy.upstream.api_prefix, "/prometheus");
+    assert_eq!(config.proxy.jwt.groups_claim, "realm_access.roles");
+    assert_eq!(config.proxy.jwt.audiences, vec!["heimdall".to_owned()]);
+}
+
+#[test]
+fn proxy_keys_are_validated_by_name() {
+    let cases = [
+        (
+            "jwt:\n  algorithms: [RS256, none]\n",
+            "config key jwt.algorithms",
+        ),
+        ("jwt:\n  algorithms: [HS256]\n", "jwt.hmac_secret"),
+        ("jwt:\n  algorithms: [XS999]\n", "config key jwt.algorithms"),
+        (
+            "jwt:\n  leeway_seconds: 3600\n",
+            "config key jwt.leeway_seconds",
+        ),
+        ("jwt:\n  jwks_url: ftp://idp\n", "config key jwt.jwks_url"),
+        ("mimir:\n  url: mimir:8080\n", "config key mimir.url"),
+        (
+            "mimir:\n  auth:\n    type: bearer\n",
+            "config key mimir.auth.token",
+        ),
+        (
+            "mimir:\n  api_prefix: prometheus\n",
+            "config key mimir.api_prefix",
+        ),
+        (
+            "proxy:\n  partial_tenants: sometimes\n",
+            "config key proxy.partial_tenants",
+        ),
+        ("proxy:\n  max_tenants: 0\n", "config key proxy.max_tenants"),
+        (
+            "server:\n  main:\n    addr: 127.0.0.1:9093\n",
+            "must differ from",
+        ),
+    ];
+    for (text, expected) in cases {
+        let message = error_of(text, &[]);
+        assert!(message.contains(expected), "{text}: {message}");
+    }
+}
+
+#[test]
+fn audiences_and_issuers_take_one_value_or_a_list() {
+    let config = load_text(
+        "jwt:\n  issuer: https://idp\n  audience: [heimdall, grafana]\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.proxy.jwt.issuers, vec!["https://idp".to_owned()]);
+    assert_eq!(config.proxy.jwt.audiences.len(), 2);
+    let config = load_text(
+        "",
+        &[
+            ("HEIMDALL_JWT_AUDIENCE", "heimdall"),
+            ("HEIMDALL_JWT_ALGORITHMS", "ES256,EdDSA"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.proxy.jwt.audiences, vec!["heimdall".to_owned()]);
+    assert_eq!(config.proxy.jwt.algorithms.len(), 2);
+}

@@ -139,30 +139,58 @@ pub struct HeimdallProcess {
     pub child: Child,
     pub admin_addr: String,
     pub http_addr: String,
+    /// The proxy's Prometheus API.
+    pub proxy_addr: String,
+    /// The proxy's /metrics and /readyz.
+    pub proxy_metrics_addr: String,
+    /// The listeners whose `/readyz` must answer 200 before the process counts as ready.
+    ready_addrs: Vec<String>,
 }
 
 impl HeimdallProcess {
     /// Starts `heimdall serve --target=control-plane` on free ports with extra environment.
     pub fn control_plane(working_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        Self::serve(&["--target=control-plane"], working_dir, env)
+    }
+
+    /// Starts `heimdall serve` with `args` on free ports for every listener.
+    pub fn serve(args: &[&str], working_dir: &std::path::Path, env: &[(&str, String)]) -> Self {
         let admin_addr = format!("127.0.0.1:{}", free_port());
         let http_addr = format!("127.0.0.1:{}", free_port());
+        let proxy_addr = format!("127.0.0.1:{}", free_port());
+        let proxy_metrics_addr = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(heimdall_binary());
         command
-            .args(["serve", "--target=control-plane"])
+            .arg("serve")
+            .args(args)
             .current_dir(working_dir)
             .env("HEIMDALL_SERVER_ADMIN_ADDR", &admin_addr)
             .env("HEIMDALL_SERVER_BUNDLE_ADDR", &http_addr)
+            .env("HEIMDALL_SERVER_MAIN_ADDR", &proxy_addr)
+            .env("HEIMDALL_SERVER_METRICS_ADDR", &proxy_metrics_addr)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
         }
+        let target = args
+            .iter()
+            .find_map(|arg| arg.strip_prefix("--target="))
+            .unwrap_or("all");
+        let ready_addrs = match target {
+            "control-plane" => vec![http_addr.clone()],
+            "proxy" => vec![proxy_metrics_addr.clone()],
+            _ => vec![http_addr.clone(), proxy_metrics_addr.clone()],
+        };
         let child = command.spawn().expect("heimdall should start");
         Self {
             child,
             admin_addr,
             http_addr,
+            proxy_addr,
+            proxy_metrics_addr,
+            ready_addrs,
         }
     }
 
@@ -170,7 +198,11 @@ impl HeimdallProcess {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http_get(&self.http_addr, "/readyz").is_some_and(|(status, _)| status == 200) {
+            let ready = self
+                .ready_addrs
+                .iter()
+                .all(|addr| http_get(addr, "/readyz").is_some_and(|(status, _)| status == 200));
+            if ready {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -356,5 +388,75 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Prometheus server (Debian's `prometheus`) on a free loopback port, holding the samples of an
+/// OpenMetrics text backfilled with `promtool` before it starts; stopped when dropped.
+///
+/// The binaries come from `HEIMDALL_PROMETHEUS` and `HEIMDALL_PROMTOOL`, which the README's test
+/// command sets. Outside CI missing ones return None; in CI they fail the test.
+pub struct PrometheusServer {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrometheusServer {
+    pub fn start(openmetrics: &str) -> Option<Self> {
+        let prometheus = required_env("HEIMDALL_PROMETHEUS")?;
+        let promtool = required_env("HEIMDALL_PROMTOOL")?;
+        let dir = tempfile::tempdir().expect("a temp dir should be creatable");
+        let data = dir.path().join("data");
+        let samples = dir.path().join("samples.om");
+        std::fs::write(&samples, openmetrics).expect("samples should be writable");
+        let backfill = Command::new(&promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&samples)
+            .arg(&data)
+            .output()
+            .expect("promtool should run");
+        assert!(
+            backfill.status.success(),
+            "promtool backfill failed: {}",
+            String::from_utf8_lossy(&backfill.stderr)
+        );
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("config is writable");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(&prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--storage.tsdb.retention.time=100y")
+            .arg("--web.enable-remote-write-receiver")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus should start");
+        let server = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_get(&server.addr, "/-/ready").is_some_and(|(status, _)| status == 200) {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("prometheus did not become ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,340 @@
+//! One request through the proxy, in order: identity, tenants, per-tenant decisions, upstream,
+//! and the answer with warnings for the tenants left out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use heimdall_opa::TenantId;
+use heimdall_opa::engine::Decision;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+
+use crate::decision::{Action, Decider};
+use crate::identity::{Identity, JwtVerifier};
+use crate::metrics::ProxyMetrics;
+use crate::respond::ProxyError;
+use crate::tenants::{SCOPE_HEADER, parse_scope};
+use crate::upstream::{ForwardRequest, Upstream};
+
+/// Mimir's path prefix for the Prometheus API.
+pub const PROMETHEUS_PREFIX: &str = "/prometheus";
+/// The most all request headers together may weigh.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// What to do with tenants the subject may not read, when others are readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialTenants {
+    /// Serve the readable ones and name the others in a Prometheus warning.
+    Warn,
+    /// Refuse the whole request with 403, naming them.
+    Deny,
+}
+
+/// What the request path needs, shared by every request.
+pub struct Gateway {
+    pub verifier: Arc<JwtVerifier>,
+    pub decider: Decider,
+    pub upstream: Upstream,
+    pub metrics: ProxyMetrics,
+    pub max_tenants: usize,
+    pub auto_resolve_tenants: bool,
+    pub partial_tenants: PartialTenants,
+    pub max_body_bytes: usize,
+}
+
+/// Which kind of endpoint a route is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Prometheus API read; the route template labels metrics.
+    Read(&'static str),
+    /// Remote write.
+    Push,
+}
+
+impl Endpoint {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Read(route) => route,
+            Self::Push => "/api/v1/push",
+        }
+    }
+
+    fn action(self) -> Action {
+        match self {
+            Self::Read(_) => Action::Read,
+            Self::Push => Action::Write,
+        }
+    }
+}
+
+/// The parts of a request the gateway reads.
+pub struct IncomingRequest {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+impl Gateway {
+    /// Serves one request and records it.
+    pub async fn handle(&self, endpoint: Endpoint, request: IncomingRequest) -> Response {
+        let started = Instant::now();
+        let method = request.method.clone();
+        let response = match self.serve(endpoint, request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(
+                    status = error.status.as_u16(),
+                    blame = ?error.blame,
+                    error = %error.message,
+                    "request refused"
+                );
+                error.into_response()
+            }
+        };
+        self.observe(&method, endpoint.label(), response.status(), started);
+        response
+    }
+
+    /// Records a request that no route matched.
+    pub fn observe(&self, method: &Method, route: &str, status: StatusCode, started: Instant) {
+        let labels = [method.as_str(), route, status.as_str()];
+        self.metrics.requests.with_label_values(&labels).inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn serve(
+        &self,
+        endpoint: Endpoint,
+        request: IncomingRequest,
+    ) -> Result<Response, ProxyError> {
+        let header_bytes: usize = request
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return Err(ProxyError::headers_too_large(format!(
+                "request headers exceed {MAX_HEADER_BYTES} bytes"
+            )));
+        }
+        self.decider.current_bundle()?;
+        if !self.verifier.keys().is_loaded() {
+            return Err(ProxyError::unavailable(
+                "the identity provider's signing keys are not loaded yet",
+            ));
+        }
+        let identity = self
+            .verifier
+            .verify_header(request.headers.get(header::AUTHORIZATION))
+            .await?;
+        let action = endpoint.action();
+        let tenants = self
+            .requested_tenants(&identity, action, &request.headers)
+            .await?;
+        let (allowed, warnings) = self.decide_all(&identity, action, &tenants).await?;
+        if action == Action::Write && allowed.len() != 1 {
+            return Err(ProxyError::bad_request(
+                "remote write goes to exactly one tenant: name one in X-Scope-OrgID",
+            ));
+        }
+        refuse_filtered(&identity, &allowed)?;
+        let body = axum::body::to_bytes(request.body, self.max_body_bytes)
+            .await
+            .map_err(|_| {
+                ProxyError::payload_too_large(format!(
+                    "request body is larger than {} bytes",
+                    self.max_body_bytes
+                ))
+            })?;
+        let tenant_ids: Vec<TenantId> = allowed.into_iter().map(|(tenant, _)| tenant).collect();
+        let path = request.uri.path();
+        let api_path = path.strip_prefix(PROMETHEUS_PREFIX).unwrap_or(path);
+        let forward = ForwardRequest {
+            method: &request.method,
+            api_path,
+            query: request.uri.query(),
+            headers: &request.headers,
+            body,
+            push: endpoint == Endpoint::Push,
+        };
+        tracing::debug!(
+            user = %identity.user,
+            tenants = tenant_ids.len(),
+            route = endpoint.label(),
+            "forwarding"
+        );
+        let answer = self.upstream.forward(forward, &tenant_ids).await?;
+        Ok(respond(answer, &warnings))
+    }
+
+    /// Returns the tenants the request is about: those it names, or (reads only) those the
+    /// subject may read.
+    async fn requested_tenants(
+        &self,
+        identity: &Identity,
+        action: Action,
+        headers: &HeaderMap,
+    ) -> Result<Vec<TenantId>, ProxyError> {
+        if let Some(tenants) = parse_scope(headers.get(SCOPE_HEADER), self.max_tenants)? {
+            return Ok(tenants);
+        }
+        if action == Action::Write {
+            return Err(ProxyError::bad_request(
+                "X-Scope-OrgID is required for writes",
+            ));
+        }
+        if !self.auto_resolve_tenants {
+            return Err(ProxyError::bad_request(
+                "X-Scope-OrgID is required: name the tenants to read",
+            ));
+        }
+        let accessible = self.decider.accessible_tenants(identity, action).await?;
+        if accessible.is_empty() {
+            return Err(ProxyError::forbidden(format!(
+                "user {:?} may {} no tenant",
+                identity.user,
+                action.as_str()
+            )));
+        }
+        if accessible.len() > self.max_tenants {
+            return Err(ProxyError::bad_request(format!(
+                "user {:?} may read {} tenants, more than the {} one request may span: name them \
+                 in X-Scope-OrgID",
+                identity.user,
+                accessible.len(),
+                self.max_tenants
+            )));
+        }
+        Ok(accessible.as_ref().clone())
+    }
+
+    /// Decides every tenant. Returns the allowed ones and the warnings to attach; refuses when
+    /// none is allowed, or when some are denied and partial answers are off.
+    async fn decide_all(
+        &self,
+        identity: &Identity,
+        action: Action,
+        tenants: &[TenantId],
+    ) -> Result<(Vec<(TenantId, Arc<Decision>)>, Vec<String>), ProxyError> {
+        let mut allowed = Vec::with_capacity(tenants.len());
+        let mut denied = Vec::new();
+        for tenant in tenants {
+            let decision = match self.decider.decide(identity, tenant, action).await {
+                Ok(decision) => decision,
+                Err(error) => {
+                    self.metrics.decisions.with_label_values(&["error"]).inc();
+                    return Err(error);
+                }
+            };
+            let outcome = match (decision.allowed, decision.unrestricted) {
+                (false, _) => "denied",
+                (true, true) => "allowed",
+                (true, false) => "filtered",
+            };
+            self.metrics.decisions.with_label_values(&[outcome]).inc();
+            if decision.allowed {
+                allowed.push((tenant.clone(), decision));
+            } else {
+                denied.push(tenant.as_str());
+            }
+        }
+        let verb = action.as_str();
+        if allowed.is_empty() {
+            return Err(ProxyError::forbidden(format!(
+                "user {:?} may not {verb} tenant {}",
+                identity.user,
+                denied.join(", ")
+            )));
+        }
+        if denied.is_empty() {
+            return Ok((allowed, Vec::new()));
+        }
+        if action == Action::Write || self.partial_tenants == PartialTenants::Deny {
+            return Err(ProxyError::forbidden(format!(
+                "user {:?} may not {verb} tenant {}",
+                identity.user,
+                denied.join(", ")
+            )));
+        }
+        let warning = format!(
+            "tenants left out because user {:?} may not {verb} them: {}",
+            identity.user,
+            denied.join(", ")
+        );
+        Ok((allowed, vec![warning]))
+    }
+}
+
+/// Refuses tenants the subject may read only through filters: until filter enforcement lands
+/// the proxy cannot narrow an answer, and an unfiltered answer would be wider than allowed.
+fn refuse_filtered(
+    identity: &Identity,
+    allowed: &[(TenantId, Arc<Decision>)],
+) -> Result<(), ProxyError> {
+    // TODO(#5): rewrite selectors with the filter sets instead of refusing.
+    let Some((tenant, decision)) = allowed.iter().find(|(_, decision)| !decision.unrestricted)
+    else {
+        return Ok(());
+    };
+    Err(ProxyError::forbidden(format!(
+        "tenant {tenant}: user {:?} may use only series matching the filters of {}; this proxy \
+         does not enforce filters yet, so the request is refused rather than answered unfiltered",
+        identity.user,
+        decision.policies.join(", ")
+    )))
+}
+
+/// Builds the client's response from the upstream's, adding warnings to a JSON success body.
+fn respond(answer: crate::upstream::UpstreamResponse, warnings: &[String]) -> Response {
+    let body = if warnings.is_empty() {
+        answer.body
+    } else {
+        with_warnings(answer.body, warnings)
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    response
+}
+
+/// Appends `warnings` to the `warnings` list of a Prometheus API body; other bodies (errors,
+/// compressed or non-JSON answers) are left as they are.
+fn with_warnings(body: Bytes, warnings: &[String]) -> Bytes {
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(&body) else {
+        return body;
+    };
+    let list = object
+        .entry("warnings")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    let serde_json::Value::Array(list) = list else {
+        return body;
+    };
+    list.extend(warnings.iter().cloned().map(serde_json::Value::String));
+    serde_json::to_vec(&object).map_or(body, Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_appended_to_prometheus_bodies_only() {
+        let body = Bytes::from_static(br#"{"status":"success","data":{"resultType":"vector","result":[]},"warnings":["upstream"]}"#);
+        let merged = with_warnings(body, &["left out: globex".to_owned()]);
+        let value: serde_json::Value = serde_json::from_slice(&merged).expect("JSON stays JSON");
+        assert_eq!(
+            value["warnings"],
+            serde_json::json!(["upstream", "left out: globex"])
+        );
+        assert_eq!(value["data"]["resultType"], "vector");
+        let binary = Bytes::from_static(b"\x1f\x8b not json");
+        assert_eq!(with_warnings(binary.clone(), &["x".to_owned()]), binary);
+    }
+}

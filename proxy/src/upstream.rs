@@ -1,0 +1,211 @@
+//! Sends allowed requests to the upstream (Mimir, or a Prometheus-compatible store) with the
+//! tenants the proxy decided on, and reads the answer back with a size limit.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use heimdall_opa::TenantId;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+
+use crate::metrics::ProxyMetrics;
+use crate::respond::ProxyError;
+use crate::tenants::{SCOPE_HEADER, scope_value};
+
+/// Request headers passed upstream; everything else (the client's `Authorization`,
+/// `X-Scope-OrgID`, `X-Prom-Label-Policy`, cookies, hop-by-hop headers) stays behind.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "accept",
+    "content-type",
+    "content-encoding",
+    "user-agent",
+    "x-prometheus-remote-write-version",
+];
+/// Response headers passed back to the client.
+const FORWARDED_RESPONSE_HEADERS: &[&str] = &["content-type", "content-encoding", "retry-after"];
+
+/// How the proxy authenticates to the upstream.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    None,
+    Bearer(String),
+    Basic { username: String, password: String },
+}
+
+/// Never prints a credential.
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Bearer(_) => f.write_str("bearer <redacted>"),
+            Self::Basic { username, .. } => write!(f, "basic {username} <redacted>"),
+        }
+    }
+}
+
+/// Where and how to reach the upstream. Built from the `mimir` config section.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Base URL, such as `http://mimir:8080`.
+    pub url: String,
+    /// Prefix of the query API on the upstream: `/prometheus` for Mimir, empty for Prometheus.
+    pub api_prefix: String,
+    /// Path of remote write on the upstream: `/api/v1/push` for Mimir.
+    pub push_path: String,
+    pub auth: UpstreamAuth,
+    pub insecure_skip_verify: bool,
+    /// Timeout of one upstream call.
+    pub timeout: Duration,
+    /// The most an upstream answer may weigh.
+    pub max_response_bytes: usize,
+}
+
+/// An upstream answer, read into memory.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The upstream client.
+pub struct Upstream {
+    settings: UpstreamSettings,
+    client: reqwest::Client,
+    metrics: ProxyMetrics,
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings, metrics: ProxyMetrics) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .tls_danger_accept_invalid_certs(settings.insecure_skip_verify)
+            .build()
+            .map_err(|error| format!("building the upstream client: {error}"))?;
+        Ok(Self {
+            settings,
+            client,
+            metrics,
+        })
+    }
+
+    /// Sends a request for the Prometheus API path `api_path` (`/api/v1/query`), or remote write
+    /// when `push` is true, on behalf of `tenants`.
+    pub async fn forward(
+        &self,
+        request: ForwardRequest<'_>,
+        tenants: &[TenantId],
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let base = self.settings.url.trim_end_matches('/');
+        let path = if request.push {
+            self.settings.push_path.clone()
+        } else {
+            format!("{}{}", self.settings.api_prefix, request.api_path)
+        };
+        let mut url = format!("{base}{path}");
+        if let Some(query) = request.query.filter(|query| !query.is_empty()) {
+            url.push('?');
+            url.push_str(query);
+        }
+        let mut headers = HeaderMap::new();
+        for name in FORWARDED_REQUEST_HEADERS {
+            for value in request.headers.get_all(*name) {
+                headers.append(HeaderName::from_static(name), value.clone());
+            }
+        }
+        let scope = HeaderValue::from_str(&scope_value(tenants))
+            .map_err(|_| ProxyError::internal("tenant ids should form a valid header"))?;
+        headers.insert(HeaderName::from_static(SCOPE_HEADER), scope);
+        let mut builder = self
+            .client
+            .request(request.method.clone(), &url)
+            .headers(headers)
+            .body(request.body.clone());
+        builder = match &self.settings.auth {
+            UpstreamAuth::None => builder,
+            UpstreamAuth::Bearer(token) => builder.bearer_auth(token),
+            UpstreamAuth::Basic { username, password } => {
+                builder.basic_auth(username, Some(password))
+            }
+        };
+        let started = Instant::now();
+        let result = self.send(builder).await;
+        self.metrics
+            .upstream_request_duration
+            .observe(started.elapsed().as_secs_f64());
+        let status_label = match &result {
+            Ok(response) => response.status.as_str().to_owned(),
+            Err(error) => error.status.as_str().to_owned(),
+        };
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[status_label.as_str()])
+            .inc();
+        result
+    }
+
+    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<UpstreamResponse, ProxyError> {
+        let failed = |error: reqwest::Error| {
+            let timed_out = error.is_timeout();
+            let reason = error_chain(&error.without_url());
+            tracing::debug!(error = %reason, "upstream request failed");
+            if timed_out {
+                ProxyError::gateway_timeout("upstream did not answer in time")
+            } else {
+                ProxyError::bad_gateway(format!("upstream unreachable: {reason}"))
+            }
+        };
+        let mut response = builder.send().await.map_err(failed)?;
+        let status = response.status();
+        let mut headers = HeaderMap::new();
+        for name in FORWARDED_RESPONSE_HEADERS {
+            if let Some(value) = response.headers().get(*name) {
+                headers.insert(HeaderName::from_static(name), value.clone());
+            }
+        }
+        let limit = self.settings.max_response_bytes;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > limit {
+                return Err(ProxyError::bad_gateway(format!(
+                    "upstream answer is larger than {limit} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !headers.contains_key(header::CONTENT_TYPE) && !body.is_empty() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+        }
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+/// Returns an error with its causes, which name what actually failed (refused, reset, DNS).
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The parts of a client request that go upstream.
+pub struct ForwardRequest<'a> {
+    pub method: &'a Method,
+    /// The Prometheus API path without any `/prometheus` prefix.
+    pub api_path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+    /// Remote write rather than the query API.
+    pub push: bool,
+}

@@ -1,0 +1,440 @@
+//! The proxy in-process in front of a recording upstream: what goes upstream (and what never
+//! does), how upstream answers come back, writes, and how the live bundle is swapped.
+//!
+//! The upstream here is a recorder, not a Mimir stand-in: it exists to see the exact headers and
+//! paths the proxy sends, which a real Prometheus cannot report. Real Prometheus answers are
+//! covered by the end-to-end tests in `tests/`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Request;
+use heimdall_opa::bundle::{self, Bundle};
+use heimdall_opa::{Tenant, parse_policy_document};
+use heimdall_proto::events::RevisionNotification;
+use heimdall_proxy::identity::dev::{DEV_AUDIENCE, DEV_ISSUER};
+use heimdall_proxy::{
+    BundleSource, DevSigner, IdentitySettings, KeySource, Notifications, PartialTenants,
+    ProxySettings, ProxySources, RemoteOpaSettings, UpstreamAuth, UpstreamSettings,
+};
+use tokio::sync::{broadcast, watch};
+
+/// What the recorder saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    query: String,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+struct Harness {
+    proxy: String,
+    metrics: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    latest: Arc<Mutex<Option<Arc<Bundle>>>>,
+    notify: broadcast::Sender<RevisionNotification>,
+    signer: DevSigner,
+    _shutdown: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+const POLICIES_V1: &str = r#"[
+  {"name": "alice-reads", "effect": "allow", "subjects": [{"type": "user", "id": "alice"}],
+   "actions": ["read"], "scope": {"tenants": ["acme", "globex"], "resources": ["metrics"]}},
+  {"name": "alice-writes-acme", "effect": "allow", "subjects": [{"type": "user", "id": "alice"}],
+   "actions": ["write"], "scope": {"tenants": ["acme"], "resources": ["metrics"]}}
+]"#;
+
+const POLICIES_V2: &str = r#"[
+  {"name": "alice-reads", "effect": "allow", "subjects": [{"type": "user", "id": "alice"}],
+   "actions": ["read"], "scope": {"tenants": ["acme", "globex"], "resources": ["metrics"]}},
+  {"name": "alice-blocked-on-acme", "effect": "deny",
+   "subjects": [{"type": "user", "id": "alice"}],
+   "actions": ["read"], "scope": {"tenants": ["acme"], "resources": ["metrics"]}}
+]"#;
+
+fn build_bundle(revision: u64, policies: &str) -> Arc<Bundle> {
+    let tenants = [
+        Tenant::new("acme", "Acme").unwrap(),
+        Tenant::new("globex", "Globex").unwrap(),
+    ];
+    let policies = parse_policy_document(policies).unwrap();
+    Arc::new(bundle::build(revision, &tenants, &policies).unwrap())
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
+    let router = axum::Router::new().fallback(move |request: Request| {
+        let seen = seen.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let path = parts.uri.path().to_owned();
+            seen.lock().unwrap().push(Seen {
+                path: path.clone(),
+                query: parts.uri.query().unwrap_or_default().to_owned(),
+                headers: parts.headers,
+                body,
+            });
+            if path.ends_with("/query_range") {
+                return (
+                    http::StatusCode::UNPROCESSABLE_ENTITY,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"status":"error","errorType":"execution","error":"too many samples"}"#,
+                );
+            }
+            (
+                http::StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+async fn start(upstream_url: Option<String>) -> Harness {
+    start_with(upstream_url, None).await
+}
+
+async fn start_with(
+    upstream_url: Option<String>,
+    remote_opa: Option<RemoteOpaSettings>,
+) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = DevSigner::load_or_create(dir.path()).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = match upstream_url {
+        Some(url) => url,
+        None => recording_upstream(seen.clone()).await,
+    };
+    let latest = Arc::new(Mutex::new(Some(build_bundle(1, POLICIES_V1))));
+    let (notify, notifications) = broadcast::channel(16);
+    let source_latest = latest.clone();
+    let sources = ProxySources {
+        bundles: BundleSource::InProcess(Arc::new(move || source_latest.lock().unwrap().clone())),
+        notifications: Notifications::InProcess(notifications),
+    };
+    let (listen_addr, metrics_addr) = (free_addr(), free_addr());
+    let settings = ProxySettings {
+        listen_addr,
+        metrics_addr,
+        identity: IdentitySettings {
+            keys: KeySource::Static(signer.jwks().clone()),
+            issuers: vec![DEV_ISSUER.to_owned()],
+            audiences: vec![DEV_AUDIENCE.to_owned()],
+            algorithms: vec![jsonwebtoken::Algorithm::EdDSA],
+            hmac_secret: None,
+            leeway: Duration::from_secs(5),
+            user_claim: "sub".to_owned(),
+            groups_claim: "groups".to_owned(),
+            refresh_interval: Duration::from_secs(300),
+            min_refresh_interval: Duration::from_secs(10),
+            token_cache_size: 100,
+        },
+        upstream: UpstreamSettings {
+            url: upstream,
+            api_prefix: "/prometheus".to_owned(),
+            push_path: "/api/v1/push".to_owned(),
+            auth: UpstreamAuth::Bearer("upstream-secret".to_owned()),
+            insecure_skip_verify: false,
+            timeout: Duration::from_secs(5),
+            max_response_bytes: 1024 * 1024,
+        },
+        max_tenants: 32,
+        auto_resolve_tenants: true,
+        partial_tenants: PartialTenants::Warn,
+        decision_cache_size: 1000,
+        max_body_bytes: 1024,
+        reconcile_interval: Duration::from_secs(3600),
+        remote_opa,
+        serve_jwks: false,
+    };
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    tokio::spawn(heimdall_proxy::run(settings, sources, shutdown_receiver));
+    let harness = Harness {
+        proxy: format!("http://{listen_addr}"),
+        metrics: format!("http://{metrics_addr}"),
+        seen,
+        latest,
+        notify,
+        signer,
+        _shutdown: shutdown,
+        _dir: dir,
+    };
+    for _ in 0..200 {
+        if let Ok(response) = reqwest::get(format!("{}/readyz", harness.metrics)).await
+            && response.status() == 200
+        {
+            return harness;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the proxy did not become ready");
+}
+
+impl Harness {
+    fn token(&self) -> String {
+        self.token_of("alice")
+    }
+
+    fn token_of(&self, user: &str) -> String {
+        self.signer
+            .mint(user, &[], Duration::from_secs(600))
+            .unwrap()
+    }
+
+    fn publish(&self, bundle: Arc<Bundle>, revision: u64) {
+        *self.latest.lock().unwrap() = Some(bundle);
+        let _ = self.notify.send(RevisionNotification {
+            revision,
+            ..Default::default()
+        });
+    }
+
+    fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
+    }
+}
+
+async fn body_json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    (status, value)
+}
+
+#[tokio::test]
+async fn only_the_proxys_own_tenant_header_and_credentials_go_upstream() {
+    let harness = start(None).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/api/v1/query?time=1700000000", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "globex|acme|globex")
+        .header("X-Prom-Label-Policy", "acme:env=\"prod\"")
+        .header("Cookie", "session=secret")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("query=up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = harness.last_seen();
+    assert_eq!(seen.path, "/prometheus/api/v1/query");
+    assert_eq!(seen.query, "time=1700000000");
+    assert_eq!(seen.body.as_ref(), b"query=up");
+    assert_eq!(seen.headers["x-scope-orgid"], "acme|globex");
+    assert_eq!(seen.headers["authorization"], "Bearer upstream-secret");
+    assert!(seen.headers.get("x-prom-label-policy").is_none());
+    assert!(seen.headers.get("cookie").is_none());
+}
+
+#[tokio::test]
+async fn upstream_errors_are_relayed_and_an_unreachable_upstream_is_a_502() {
+    let harness = start(None).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{}/prometheus/api/v1/query_range", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "acme")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = body_json(response).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["errorType"], "execution");
+
+    let closed = format!("http://{}", free_addr());
+    let harness = start(Some(closed)).await;
+    let response = client
+        .get(format!("{}/api/v1/labels", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "acme")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = body_json(response).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["status"], "error");
+}
+
+#[tokio::test]
+async fn writes_need_one_writable_tenant_and_keep_their_encoding() {
+    let harness = start(None).await;
+    let client = reqwest::Client::new();
+    let push = |scope: &'static str, body: Vec<u8>| {
+        client
+            .post(format!("{}/api/v1/push", harness.proxy))
+            .bearer_auth(harness.token())
+            .header("X-Scope-OrgID", scope)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body)
+            .send()
+    };
+    let response = push("acme", b"opaque-snappy-bytes".to_vec()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = harness.last_seen();
+    assert_eq!(seen.path, "/api/v1/push");
+    assert_eq!(seen.headers["content-encoding"], "snappy");
+    assert_eq!(seen.headers["x-prometheus-remote-write-version"], "0.1.0");
+    assert_eq!(seen.body.as_ref(), b"opaque-snappy-bytes");
+
+    let (status, body) = body_json(push("globex", b"x".to_vec()).await.unwrap()).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = body_json(push("acme|globex", b"x".to_vec()).await.unwrap()).await;
+    assert_eq!(
+        status, 403,
+        "a write naming an unwritable tenant is refused whole"
+    );
+    let (status, body) = body_json(push("acme", vec![b'x'; 4096]).await.unwrap()).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["status"], "error");
+}
+
+#[tokio::test]
+async fn a_new_bundle_is_swapped_in_and_an_older_one_never_replaces_it() {
+    let harness = start(None).await;
+    let client = reqwest::Client::new();
+    let ask = || {
+        client
+            .get(format!("{}/api/v1/query?query=up", harness.proxy))
+            .bearer_auth(harness.token())
+            .header("X-Scope-OrgID", "acme")
+            .send()
+    };
+    assert_eq!(ask().await.unwrap().status(), 200);
+    harness.publish(build_bundle(2, POLICIES_V2), 2);
+    let mut status = 0;
+    for _ in 0..200 {
+        status = ask().await.unwrap().status().as_u16();
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, 403, "the deny of revision 2 should apply");
+
+    // A source that goes back to revision 1 is ignored.
+    harness.publish(build_bundle(1, POLICIES_V1), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ask().await.unwrap().status(), 403);
+    let metrics = reqwest::get(format!("{}/metrics", harness.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("heimdall_bundle_revision 2"), "{metrics}");
+    assert!(
+        metrics.contains("heimdall_bundle_loads_total{result=\"stale\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// OPA's data API served by OPA's own engine (`opa/crosscheck/opa_server.py` over the PyPI
+/// wheel's bindings), stopped when dropped.
+struct OpaServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OpaServer {
+    fn start(bindings: &str, bundle: &Bundle) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.tar.gz");
+        std::fs::write(&path, &bundle.bytes).unwrap();
+        let port = free_addr().port();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../opa/crosscheck/opa_server.py"
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(&path)
+            .arg(port.to_string())
+            .env("PYTHONPATH", bindings)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 should run the OPA server");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the OPA server did not start");
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OpaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_remote_opa_decides_and_its_failure_never_allows() {
+    let Some(bindings) = heimdall_tests::required_env("HEIMDALL_OPA_BINDINGS") else {
+        return;
+    };
+    let mut opa = OpaServer::start(&bindings, &build_bundle(1, POLICIES_V1));
+    let remote = RemoteOpaSettings {
+        url: opa.url.clone(),
+        timeout: Duration::from_secs(5),
+        insecure_skip_verify: false,
+    };
+    let harness = start_with(None, Some(remote)).await;
+    let client = reqwest::Client::new();
+    let ask = |token: String, scope: Option<&'static str>| {
+        let mut request = client
+            .get(format!("{}/api/v1/query?query=up", harness.proxy))
+            .bearer_auth(token);
+        if let Some(scope) = scope {
+            request = request.header("X-Scope-OrgID", scope);
+        }
+        request.send()
+    };
+    assert_eq!(
+        ask(harness.token(), Some("acme")).await.unwrap().status(),
+        200
+    );
+    // Auto resolution asks OPA for the readable tenants.
+    assert_eq!(ask(harness.token(), None).await.unwrap().status(), 200);
+    assert_eq!(harness.last_seen().headers["x-scope-orgid"], "acme|globex");
+    let (status, body) = body_json(
+        ask(harness.token_of("mallory"), Some("acme"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+
+    // OPA gone: a decision not already cached is an error, never an allow.
+    opa.child.kill().unwrap();
+    opa.child.wait().unwrap();
+    let (status, body) = body_json(ask(harness.token_of("bob"), Some("acme")).await.unwrap()).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["errorType"], "internal");
+}
