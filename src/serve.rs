@@ -157,9 +157,6 @@ fn proxy_settings(
             bail!("config key jwt.jwks_url: required to verify tokens (or run --target=all --dev)")
         }
     };
-    if issuers.is_empty() {
-        tracing::warn!("jwt.issuer is empty: tokens of any issuer the keys sign are accepted");
-    }
     let identity = IdentitySettings {
         keys,
         issuers,

@@ -66,7 +66,7 @@ pub enum BundleSource {
 impl std::fmt::Debug for BundleSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Http { url, .. } => write!(f, "{url}"),
+            Self::Http { url, .. } => f.write_str(&redact_url(url)),
             Self::Store { store, path } => write!(f, "{store}/{path}"),
             Self::InProcess(_) => f.write_str("in-process control plane"),
         }
@@ -150,6 +150,9 @@ impl BundleSync {
         let mut announced = 0_u64;
         loop {
             let result = self.sync_once(announced).await;
+            // Handled, or given up on: an announcement the source never reaches (a bogus
+            // message, a restored database) must not make every later sync retry.
+            announced = 0;
             let delay = match result {
                 Ok(()) => {
                     retry_delay = Duration::from_millis(100);
@@ -223,18 +226,25 @@ impl BundleSync {
                 .inc();
             return Ok(());
         };
-        let digest = hex(&Sha256::digest(&bytes));
-        if known_digest.as_deref() == Some(digest.as_str()) {
+        let load_engine = self.settings.load_engine;
+        let known = known_digest.clone();
+        // Hashing and loading a large bundle takes a while: off the async workers.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let digest = hex(&Sha256::digest(&bytes));
+            if known.as_deref() == Some(digest.as_str()) {
+                return Ok(None);
+            }
+            load(&bytes, digest, load_engine).map(Some)
+        })
+        .await
+        .map_err(|error| SyncError(format!("loading the bundle: {error}")))??;
+        let Some(loaded) = loaded else {
             self.metrics
                 .bundle_loads
                 .with_label_values(&["unchanged"])
                 .inc();
             return Ok(());
-        }
-        let load_engine = self.settings.load_engine;
-        let loaded = tokio::task::spawn_blocking(move || load(&bytes, digest, load_engine))
-            .await
-            .map_err(|error| SyncError(format!("loading the bundle: {error}")))??;
+        };
         if let Some(current) = &current
             && loaded.revision < current.revision
         {
@@ -450,6 +460,18 @@ async fn listen(notifications: Notifications, wake: watch::Sender<u64>) {
                 }
             }
         }
+    }
+}
+
+/// Removes `user:password@` from a URL before it is logged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 

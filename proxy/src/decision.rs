@@ -25,6 +25,8 @@ const RESOURCE: &str = "metrics";
 pub enum Action {
     Read,
     Write,
+    RulesRead,
+    AlertsRead,
 }
 
 impl Action {
@@ -32,6 +34,8 @@ impl Action {
         match self {
             Self::Read => "read",
             Self::Write => "write",
+            Self::RulesRead => "rules:read",
+            Self::AlertsRead => "alerts:read",
         }
     }
 }
@@ -183,7 +187,10 @@ impl Decider {
     }
 
     fn store(&self, bundle: &LoadedBundle, key: CacheKey, answer: CachedAnswer) {
-        if self.capacity == 0 {
+        // A remote OPA loads bundles on its own schedule: its answer may come from another
+        // revision than the one the proxy holds, so caching it under this digest could keep a
+        // revoked grant alive.
+        if self.capacity == 0 || matches!(self.engine, Engine::Remote(_)) {
             return;
         }
         let mut cache = self.lock_cache();

@@ -15,6 +15,7 @@ use crate::decision::{Action, Decider};
 use crate::identity::{Identity, JwtVerifier};
 use crate::metrics::ProxyMetrics;
 use crate::respond::ProxyError;
+use crate::rewrite::{enforcement_for, rewrite_params};
 use crate::tenants::{SCOPE_HEADER, parse_scope};
 use crate::upstream::{ForwardRequest, Upstream};
 
@@ -63,6 +64,8 @@ impl Endpoint {
 
     fn action(self) -> Action {
         match self {
+            Self::Read("/api/v1/rules") => Action::RulesRead,
+            Self::Read("/api/v1/alerts") => Action::AlertsRead,
             Self::Read(_) => Action::Read,
             Self::Push => Action::Write,
         }
@@ -98,9 +101,16 @@ impl Gateway {
         response
     }
 
-    /// Records a request that no route matched.
+    /// Records a request.
     pub fn observe(&self, method: &Method, route: &str, status: StatusCode, started: Instant) {
-        let labels = [method.as_str(), route, status.as_str()];
+        // Any method name is a valid request; only known ones become label values.
+        let method = match *method {
+            Method::GET | Method::POST | Method::PUT | Method::DELETE | Method::HEAD => {
+                method.as_str()
+            }
+            _ => "other",
+        };
+        let labels = [method, route, status.as_str()];
         self.metrics.requests.with_label_values(&labels).inc();
         self.metrics
             .request_duration
@@ -143,7 +153,7 @@ impl Gateway {
                 "remote write goes to exactly one tenant: name one in X-Scope-OrgID",
             ));
         }
-        refuse_filtered(&identity, &allowed)?;
+        let enforcement = enforcement_for(self.upstream.tenant_binding(), &allowed)?;
         let body = axum::body::to_bytes(request.body, self.max_body_bytes)
             .await
             .map_err(|_| {
@@ -152,13 +162,30 @@ impl Gateway {
                     self.max_body_bytes
                 ))
             })?;
+        let (query, body) = match (&enforcement, endpoint) {
+            (None, _) => (request.uri.query().map(str::to_owned), body),
+            (Some(enforcement), Endpoint::Read(route)) => {
+                let form_body = is_form(&request.headers);
+                let rewritten =
+                    rewrite_params(route, enforcement, request.uri.query(), body, form_body)?;
+                (rewritten.query, rewritten.body)
+            }
+            (Some(enforcement), Endpoint::Push) => {
+                // TODO(#5): check every written series against the writer's sets.
+                return Err(ProxyError::forbidden(format!(
+                    "user {:?} may write only series matching filters (policies {}), which                      this proxy does not check yet; the write is refused",
+                    identity.user,
+                    enforcement.policies().join(", ")
+                )));
+            }
+        };
         let tenant_ids: Vec<TenantId> = allowed.into_iter().map(|(tenant, _)| tenant).collect();
         let path = request.uri.path();
         let api_path = path.strip_prefix(PROMETHEUS_PREFIX).unwrap_or(path);
         let forward = ForwardRequest {
             method: &request.method,
             api_path,
-            query: request.uri.query(),
+            query: query.as_deref(),
             headers: &request.headers,
             body,
             push: endpoint == Endpoint::Push,
@@ -271,23 +298,17 @@ impl Gateway {
     }
 }
 
-/// Refuses tenants the subject may read only through filters: until filter enforcement lands
-/// the proxy cannot narrow an answer, and an unfiltered answer would be wider than allowed.
-fn refuse_filtered(
-    identity: &Identity,
-    allowed: &[(TenantId, Arc<Decision>)],
-) -> Result<(), ProxyError> {
-    // TODO(#5): rewrite selectors with the filter sets instead of refusing.
-    let Some((tenant, decision)) = allowed.iter().find(|(_, decision)| !decision.unrestricted)
-    else {
-        return Ok(());
-    };
-    Err(ProxyError::forbidden(format!(
-        "tenant {tenant}: user {:?} may use only series matching the filters of {}; this proxy \
-         does not enforce filters yet, so the request is refused rather than answered unfiltered",
-        identity.user,
-        decision.policies.join(", ")
-    )))
+/// Returns whether the body is a URL-encoded form, where Prometheus also reads parameters.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value.split(';').next().is_some_and(|mime| {
+                mime.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        })
 }
 
 /// Builds the client's response from the upstream's, adding warnings to a JSON success body.

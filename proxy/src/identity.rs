@@ -5,6 +5,7 @@ pub mod dev;
 pub mod jwks;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -86,6 +87,9 @@ pub struct JwtVerifier {
     settings: IdentitySettings,
     keys: Arc<JwksCache>,
     verified: Mutex<HashMap<[u8; 32], CachedToken>>,
+    /// Bumped whenever the key set changes, so that a verification that started with the old
+    /// keys does not cache its token after the cache was cleared.
+    key_generation: AtomicU64,
     metrics: ProxyMetrics,
 }
 
@@ -95,6 +99,7 @@ impl JwtVerifier {
             settings,
             keys,
             verified: Mutex::new(HashMap::new()),
+            key_generation: AtomicU64::new(0),
             metrics,
         }
     }
@@ -106,7 +111,9 @@ impl JwtVerifier {
 
     /// Forgets every verified token, after the key set changed.
     pub fn forget_verified_tokens(&self) {
-        self.lock_verified().clear();
+        let mut verified = self.lock_verified();
+        self.key_generation.fetch_add(1, Ordering::AcqRel);
+        verified.clear();
     }
 
     /// Verifies the value of an `Authorization` header.
@@ -139,8 +146,9 @@ impl JwtVerifier {
             return Ok(cached.identity.clone());
         }
         self.metrics.token_cache_misses.inc();
+        let generation = self.key_generation.load(Ordering::Acquire);
         let identity = Arc::new(self.verify_uncached(token).await?);
-        self.remember(digest, identity.clone(), now);
+        self.remember(digest, identity.clone(), now, generation);
         Ok(identity)
     }
 
@@ -298,12 +306,15 @@ impl JwtVerifier {
         })
     }
 
-    fn remember(&self, digest: [u8; 32], identity: Arc<Identity>, now: u64) {
+    fn remember(&self, digest: [u8; 32], identity: Arc<Identity>, now: u64, generation: u64) {
         let capacity = self.settings.token_cache_size;
         if capacity == 0 {
             return;
         }
         let mut verified = self.lock_verified();
+        if self.key_generation.load(Ordering::Acquire) != generation {
+            return;
+        }
         if verified.len() >= capacity {
             verified.retain(|_, cached| cached.expires_at > now);
         }

@@ -100,6 +100,16 @@ impl ProxyError {
         )
     }
 
+    /// 422: a valid query that cannot be narrowed exactly to what the caller may read.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "execution",
+            Blame::Client,
+            message.into(),
+        )
+    }
+
     /// 503: the proxy cannot decide yet (no bundle or keys loaded).
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut error = Self::new(

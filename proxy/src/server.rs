@@ -173,7 +173,7 @@ pub async fn run(
     tracing::info!(
         addr = %settings.listen_addr,
         metrics_addr = %settings.metrics_addr,
-        upstream = %settings.upstream.url,
+        upstream = %crate::bundle_sync::redact_url(&settings.upstream.url),
         "proxy listening"
     );
     let mut metrics_shutdown = shutdown.clone();

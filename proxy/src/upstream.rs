@@ -9,12 +9,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 use crate::metrics::ProxyMetrics;
 use crate::respond::ProxyError;
+use crate::rewrite::TenantBinding;
 use crate::tenants::{SCOPE_HEADER, scope_value};
 
 /// Request headers passed upstream; everything else (the client's `Authorization`,
 /// `X-Scope-OrgID`, `X-Prom-Label-Policy`, cookies, hop-by-hop headers) stays behind.
+///
+/// `Accept` stays behind too: the proxy reads JSON answers (to add warnings), so it lets the
+/// upstream answer in its default JSON.
 const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "accept",
     "content-type",
     "content-encoding",
     "user-agent",
@@ -52,6 +55,8 @@ pub struct UpstreamSettings {
     /// Path of remote write on the upstream: `/api/v1/push` for Mimir.
     pub push_path: String,
     pub auth: UpstreamAuth,
+    /// How the upstream separates tenants.
+    pub tenant_binding: TenantBinding,
     pub insecure_skip_verify: bool,
     /// Timeout of one upstream call.
     pub timeout: Duration,
@@ -86,6 +91,11 @@ impl Upstream {
             client,
             metrics,
         })
+    }
+
+    /// Returns how the upstream separates tenants.
+    pub fn tenant_binding(&self) -> &TenantBinding {
+        &self.settings.tenant_binding
     }
 
     /// Sends a request for the Prometheus API path `api_path` (`/api/v1/query`), or remote write

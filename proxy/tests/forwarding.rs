@@ -15,7 +15,7 @@ use heimdall_proto::events::RevisionNotification;
 use heimdall_proxy::identity::dev::{DEV_AUDIENCE, DEV_ISSUER};
 use heimdall_proxy::{
     BundleSource, DevSigner, IdentitySettings, KeySource, Notifications, PartialTenants,
-    ProxySettings, ProxySources, RemoteOpaSettings, UpstreamAuth, UpstreamSettings,
+    ProxySettings, ProxySources, RemoteOpaSettings, TenantBinding, UpstreamAuth, UpstreamSettings,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -145,6 +145,7 @@ async fn start_with(
             api_prefix: "/prometheus".to_owned(),
             push_path: "/api/v1/push".to_owned(),
             auth: UpstreamAuth::Bearer("upstream-secret".to_owned()),
+            tenant_binding: TenantBinding::Mimir,
             insecure_skip_verify: false,
             timeout: Duration::from_secs(5),
             max_response_bytes: 1024 * 1024,

@@ -7,7 +7,9 @@ use anyhow::bail;
 use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use heimdall_proxy::{PartialTenants, RemoteOpaSettings, UpstreamAuth, UpstreamSettings};
+use heimdall_proxy::{
+    PartialTenants, RemoteOpaSettings, TenantBinding, UpstreamAuth, UpstreamSettings,
+};
 
 /// The upstream Heimdall protects.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +17,12 @@ use heimdall_proxy::{PartialTenants, RemoteOpaSettings, UpstreamAuth, UpstreamSe
 pub struct RawMimir {
     /// Base URL of Mimir (or of a Prometheus-compatible store).
     pub url: String,
+    /// mimir: tenants go in `X-Scope-OrgID`. label: one Prometheus-compatible store (Prometheus,
+    /// Thanos, VictoriaMetrics) where the tenant is the label `tenant_label`, enforced on every
+    /// selector.
+    pub kind: String,
+    /// The tenant label of a `label` upstream.
+    pub tenant_label: String,
     /// Prefix of the Prometheus API on the upstream: `/prometheus` for Mimir, empty for a
     /// Prometheus server.
     pub api_prefix: String,
@@ -44,6 +52,8 @@ impl Default for RawMimir {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8080".to_owned(),
+            kind: "mimir".to_owned(),
+            tenant_label: "tenant".to_owned(),
             api_prefix: "/prometheus".to_owned(),
             push_path: "/api/v1/push".to_owned(),
             insecure_skip_verify: false,
@@ -84,10 +94,11 @@ impl Default for RawUpstreamAuth {
 pub struct RawJwt {
     /// The identity provider's JWKS document.
     pub jwks_url: String,
-    /// Accepted issuers (`iss`): one, or a list. Empty: not checked.
+    /// Accepted issuers (`iss`): one, or a list. Required with `jwks_url`.
     #[serde(deserialize_with = "one_or_many")]
     pub issuer: Vec<String>,
-    /// Accepted audiences (`aud`): one, or a list; a token must name one. Empty: not checked.
+    /// Accepted audiences (`aud`): one, or a list; a token must name one. Required with
+    /// `jwks_url`.
     #[serde(deserialize_with = "one_or_many")]
     pub audience: Vec<String>,
     /// Accepted algorithms: RS256/384/512, PS256/384/512, ES256/384, EdDSA; HS256/384/512 only
@@ -351,8 +362,24 @@ fn validate_upstream(mimir: &RawMimir) -> anyhow::Result<UpstreamSettings> {
         "basic" => bail!("config key mimir.auth.username: required with type basic"),
         other => bail!("config key mimir.auth.type: {other:?} is not none, bearer or basic"),
     };
+    let tenant_binding = match mimir.kind.as_str() {
+        "mimir" => TenantBinding::Mimir,
+        "label" => {
+            let label = mimir.tenant_label.trim();
+            let valid = !label.is_empty()
+                && !label.starts_with("__")
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !label.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                bail!("config key mimir.tenant_label: {label:?} is not a usable label name");
+            }
+            TenantBinding::Label(label.to_owned())
+        }
+        other => bail!("config key mimir.kind: {other:?} is not mimir or label"),
+    };
     Ok(UpstreamSettings {
         url,
+        tenant_binding,
         api_prefix: path_key("mimir.api_prefix", &mimir.api_prefix)?,
         push_path: path_key("mimir.push_path", &mimir.push_path)?,
         auth,
@@ -400,6 +427,14 @@ fn validate_jwt(jwt: &RawJwt) -> anyhow::Result<JwtConfig> {
         if value.trim().is_empty() {
             bail!("config key {key}: must not be empty");
         }
+    }
+    // A provider's keys often sign tokens for other applications and tenants too: without both
+    // checks such a token would be accepted here.
+    if jwks_url.is_some() && jwt.issuer.is_empty() {
+        bail!("config key jwt.issuer: required with jwt.jwks_url");
+    }
+    if jwks_url.is_some() && jwt.audience.is_empty() {
+        bail!("config key jwt.audience: required with jwt.jwks_url");
     }
     Ok(JwtConfig {
         jwks_url,

@@ -301,11 +301,36 @@ pub fn http_request(
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
         .collect();
+    let headers: Vec<(String, String)> = headers;
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    let body = if chunked {
+        dechunk(&raw[split + 4..])?
+    } else {
+        raw[split + 4..].to_vec()
+    };
     Some(HttpResponse {
         status,
         headers,
-        body: raw[split + 4..].to_vec(),
+        body,
     })
+}
+
+/// Decodes a chunked HTTP/1.1 body.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|window| window == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
 }
 
 /// A `nats-server` with JetStream on a free loopback port, stopped when dropped.

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "hmd_proxy_test_admin_token";
 
-/// Two series of one metric, three hours back so that they sit in a backfilled block.
+/// Series of two tenants in one store (the tenant is the label `tenant`), three hours back so
+/// that they sit in a backfilled block.
 fn samples() -> (String, u64) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -22,8 +23,10 @@ fn samples() -> (String, u64) {
     let at = now - 3 * 3600;
     let text = format!(
         "# TYPE demo_temperature gauge\n\
-         demo_temperature{{room=\"a\"}} 21 {at}\n\
-         demo_temperature{{room=\"b\"}} 19 {at}\n\
+         demo_temperature{{tenant=\"acme\",room=\"a\"}} 21 {at}\n\
+         demo_temperature{{tenant=\"acme\",room=\"b\"}} 19 {at}\n\
+         demo_temperature{{tenant=\"globex\",room=\"a\"}} 17 {at}\n\
+         demo_temperature{{tenant=\"globex\",room=\"c\"}} 15 {at}\n\
          # EOF\n"
     );
     (text, at)
@@ -90,6 +93,26 @@ fn apply(dir: &Path, server: &HeimdallProcess, policies: &str) {
     );
 }
 
+/// Returns `tenant/room` of every series of a vector answer, sorted.
+fn series_of(body: &Value) -> Vec<String> {
+    assert_eq!(body["status"], "success", "{body}");
+    let mut series: Vec<String> = body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let labels = &series["metric"];
+            format!(
+                "{}/{}",
+                labels["tenant"].as_str().unwrap(),
+                labels["room"].as_str().unwrap()
+            )
+        })
+        .collect();
+    series.sort();
+    series
+}
+
 fn metric(addr: &str, line_prefix: &str) -> f64 {
     let (status, text) = http_get(addr, "/metrics").expect("metrics should answer");
     assert_eq!(status, 200);
@@ -111,6 +134,7 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         ("HEIMDALL_ADMIN_TOKENS", admin_tokens()),
         ("HEIMDALL_MIMIR_URL", prometheus.url()),
         ("HEIMDALL_MIMIR_API_PREFIX", String::new()),
+        ("HEIMDALL_MIMIR_KIND", "label".to_owned()),
     ];
     let mut server = HeimdallProcess::serve(&["--target=all", "--dev"], dir.path(), &env);
     server.wait_ready();
@@ -166,29 +190,23 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
     );
     let body = json(&allowed);
     assert_eq!(body["status"], "success", "{body}");
-    let rooms: Vec<&str> = body["data"]["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|series| series["metric"]["room"].as_str().unwrap())
-        .collect();
-    assert_eq!(rooms, ["a", "b"], "Prometheus' real answer comes back");
+    assert_eq!(
+        series_of(&body),
+        ["acme/a", "acme/b"],
+        "Prometheus' real answer, for acme only"
+    );
 
     // The same under Mimir's /prometheus prefix, and with the tenants auto-resolved.
     let prefixed = query(&addr, &alice, Some("acme"), &format!("/prometheus{path}"));
     assert_eq!(prefixed.status, 200);
     let resolved = query(&addr, &alice, None, &path);
-    assert_eq!(
-        resolved.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&resolved.body)
-    );
+    assert_eq!(series_of(&json(&resolved)), ["acme/a", "acme/b"]);
 
     // A tenant she may not read is left out with a warning, never silently.
     let partial = query(&addr, &alice, Some("acme|globex"), &path);
     let body = json(&partial);
     assert_eq!(partial.status, 200, "{body}");
+    assert_eq!(series_of(&body), ["acme/a", "acme/b"]);
     let warnings = body["warnings"].as_array().expect("a warnings list");
     assert!(
         warnings
@@ -197,11 +215,55 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         "{body}"
     );
 
-    // Bob may read globex only through a filter, which this proxy cannot enforce yet: refused,
-    // never answered unfiltered.
+    // Bob may read globex only where room="a": his answers hold that series alone, whether the
+    // query names the room, another room, or nothing.
     let filtered = query(&addr, &bob, Some("globex"), &path);
-    let message = assert_error(&filtered, 403, "forbidden");
-    assert!(message.contains("developers-read-prod-globex"), "{message}");
+    assert_eq!(series_of(&json(&filtered)), ["globex/a"]);
+    let sum = query(
+        &addr,
+        &bob,
+        None,
+        &format!("/api/v1/query?query=sum(demo_temperature)&time={at}"),
+    );
+    assert_eq!(json(&sum)["data"]["result"][0]["value"][1], "17");
+    let other_room = query(
+        &addr,
+        &bob,
+        Some("globex"),
+        &format!("/api/v1/query?query=demo_temperature{{room%3D%22c%22}}&time={at}"),
+    );
+    assert_eq!(series_of(&json(&other_room)), Vec::<String>::new());
+    let start = at - 600;
+    let series = query(
+        &addr,
+        &bob,
+        None,
+        &format!("/api/v1/series?start={start}&end={at}"),
+    );
+    let listed: Vec<String> = json(&series)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|labels| {
+            let tenant = labels["tenant"].as_str().unwrap();
+            format!("{tenant}/{}", labels["room"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(listed, ["globex/a"]);
+    let rooms = query(
+        &addr,
+        &bob,
+        None,
+        &format!("/api/v1/label/room/values?start={start}&end={at}"),
+    );
+    assert_eq!(json(&rooms)["data"], serde_json::json!(["a"]));
+    let tenants = query(
+        &addr,
+        &alice,
+        None,
+        &format!("/api/v1/label/tenant/values?start={start}&end={at}"),
+    );
+    assert_eq!(json(&tenants)["data"], serde_json::json!(["acme"]));
 
     // Bad input gets clear 4xx answers.
     let no_token = http_request(&addr, "GET", &path, &[("X-Scope-OrgID", "acme")]).unwrap();
@@ -266,6 +328,18 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
     .unwrap();
     let message = assert_error(&write, 400, "bad_data");
     assert!(message.contains("X-Scope-OrgID"), "{message}");
+    // In a store where the tenant is a label, writes would need every series checked.
+    let write = http_request(
+        &addr,
+        "POST",
+        "/api/v1/push",
+        &[
+            ("Authorization", &format!("Bearer {alice}")),
+            ("X-Scope-OrgID", "acme"),
+        ],
+    )
+    .unwrap();
+    assert_error(&write, 403, "forbidden");
 
     // A deny policy wins over the allow, and takes effect without a restart.
     apply(
@@ -409,6 +483,7 @@ fn a_policy_change_reaches_two_proxies_over_nats_without_a_restart() {
             common[2].clone(),
             ("HEIMDALL_MIMIR_URL", prometheus.url()),
             ("HEIMDALL_MIMIR_API_PREFIX", String::new()),
+            ("HEIMDALL_MIMIR_KIND", "label".to_owned()),
             ("HEIMDALL_JWT_JWKS_URL", identity.url.clone()),
             ("HEIMDALL_JWT_ISSUER", "https://idp.test".to_owned()),
             ("HEIMDALL_JWT_AUDIENCE", "heimdall".to_owned()),

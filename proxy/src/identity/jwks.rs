@@ -210,8 +210,18 @@ impl JwksCache {
             .jwks_refreshes
             .with_label_values(&[trigger, label])
             .inc();
-        let set = result?;
-        Ok(self.install(KeySet::from_jwks(&set)))
+        let keys = KeySet::from_jwks(&result?);
+        if keys.is_empty() {
+            // An identity provider briefly serving no usable key must not lock everyone out.
+            self.metrics
+                .jwks_refreshes
+                .with_label_values(&[trigger, "empty"])
+                .inc();
+            return Err(JwksError(
+                "the key set holds no usable signing key; keeping the previous keys".to_owned(),
+            ));
+        }
+        Ok(self.install(keys))
     }
 
     fn install(&self, keys: KeySet) -> bool {
