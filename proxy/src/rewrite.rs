@@ -296,6 +296,54 @@ mod tests {
         );
     }
 
+    fn decision(filter_sets: &[&[&str]]) -> Arc<Decision> {
+        Arc::new(Decision {
+            allowed: true,
+            unrestricted: filter_sets.is_empty(),
+            filter_sets: filter_sets
+                .iter()
+                .map(|set| set.iter().map(|filter| (*filter).to_owned()).collect())
+                .collect(),
+            policies: vec!["p".to_owned()],
+        })
+    }
+
+    fn tenant(id: &str) -> TenantId {
+        TenantId::parse(id).unwrap()
+    }
+
+    #[test]
+    fn federated_tenants_bind_their_filters_with_tenant_id() {
+        let allowed = [
+            (tenant("acme"), decision(&[])),
+            (tenant("globex"), decision(&[&[r#"env="prod""#]])),
+        ];
+        let enforcement = enforcement_for(&TenantBinding::Mimir, &allowed)
+            .unwrap()
+            .expect("globex is filtered");
+        assert_eq!(
+            enforcement.enforce_query("up").unwrap(),
+            r#"((up{__tenant_id__="acme"}) or (up{__tenant_id__="globex",env="prod"}))"#
+        );
+        // One Mimir tenant needs no binding, and unrestricted ones need nothing at all.
+        let one = [(tenant("globex"), decision(&[&[r#"env="prod""#]]))];
+        let enforcement = enforcement_for(&TenantBinding::Mimir, &one).unwrap().unwrap();
+        assert_eq!(enforcement.enforce_query("up").unwrap(), r#"up{env="prod"}"#);
+        let open = [(tenant("acme"), decision(&[])), (tenant("globex"), decision(&[]))];
+        assert!(enforcement_for(&TenantBinding::Mimir, &open).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_label_bound_store_always_gets_the_tenant_matcher() {
+        let label = TenantBinding::Label("tenant".to_owned());
+        let open = [(tenant("acme"), decision(&[])), (tenant("globex"), decision(&[]))];
+        let enforcement = enforcement_for(&label, &open).unwrap().unwrap();
+        assert_eq!(
+            enforcement.enforce_query("up").unwrap(),
+            r#"up{tenant=~"acme|globex"}"#
+        );
+    }
+
     #[test]
     fn unfiltered_endpoints_are_refused_under_filters() {
         for route in ["/api/v1/metadata", "/api/v1/rules", "/api/v1/alerts"] {
