@@ -41,12 +41,18 @@ fn measure(corpus: &[&str], mut operation: impl FnMut(&str)) -> (Duration, Durat
         }
     }
     samples.sort_unstable();
-    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
 }
 
 fn main() {
     let corpus = corpus();
-    assert!(corpus.len() >= 200, "the corpus should hold 200 expressions");
+    assert!(
+        corpus.len() >= 200,
+        "the corpus should hold 200 expressions"
+    );
     let (baseline, baseline_p99) = measure(&corpus, |expression| {
         let expr = promql_parser::parser::parse(expression).expect("the corpus parses");
         black_box(expr.to_string());
@@ -57,7 +63,10 @@ fn main() {
         "baseline: parse and print"
     );
     let shapes = [
-        ("one set (inject)", enforcement(&[&[("env", "=", "prod"), ("team", "=~", "a|b")]])),
+        (
+            "one set (inject)",
+            enforcement(&[&[("env", "=", "prod"), ("team", "=~", "a|b")]]),
+        ),
         (
             "two sets on one label (regex)",
             enforcement(&[&[("env", "=", "prod")], &[("env", "=", "staging")]]),

@@ -21,6 +21,8 @@ use crate::upstream::{ForwardRequest, Upstream};
 
 /// Mimir's path prefix for the Prometheus API.
 pub const PROMETHEUS_PREFIX: &str = "/prometheus";
+/// The largest form body Prometheus (Go's `ParseForm`) reads; a larger one it drops whole.
+const MAX_FORM_BYTES: usize = 10 * 1024 * 1024;
 /// The most all request headers together may weigh.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
@@ -162,10 +164,13 @@ impl Gateway {
                     self.max_body_bytes
                 ))
             })?;
+        let form_body = match endpoint {
+            Endpoint::Read(_) => read_body_is_form(&request.method, &request.headers, &body)?,
+            Endpoint::Push => false,
+        };
         let (query, body) = match (&enforcement, endpoint) {
             (None, _) => (request.uri.query().map(str::to_owned), body),
             (Some(enforcement), Endpoint::Read(route)) => {
-                let form_body = is_form(&request.headers);
                 let rewritten =
                     rewrite_params(route, enforcement, request.uri.query(), body, form_body)?;
                 (rewritten.query, rewritten.body)
@@ -298,17 +303,43 @@ impl Gateway {
     }
 }
 
-/// Returns whether the body is a URL-encoded form, where Prometheus also reads parameters.
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
+/// Checks the body of a read and returns whether it holds form parameters.
+///
+/// Prometheus reads parameters from the body only of a POST with a URL-encoded form of at most
+/// 10 MiB (Go's limit); any other body it ignores, or parses in ways the proxy would not see
+/// (multipart). A body the proxy cannot rewrite exactly is refused rather than passed on.
+fn read_body_is_form(
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<bool, ProxyError> {
+    if body.is_empty() {
+        return Ok(false);
+    }
+    if *method != Method::POST {
+        return Err(ProxyError::bad_request(format!(
+            "a {method} request to the query API must not carry a body"
+        )));
+    }
+    let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value.split(';').next().is_some_and(|mime| {
-                mime.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        })
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err(ProxyError::bad_request(
+            "the body of a query API request must be an application/x-www-form-urlencoded form",
+        ));
+    }
+    if body.len() > MAX_FORM_BYTES {
+        return Err(ProxyError::payload_too_large(format!(
+            "a form body may hold at most {MAX_FORM_BYTES} bytes"
+        )));
+    }
+    Ok(true)
 }
 
 /// Builds the client's response from the upstream's, adding warnings to a JSON success body.
@@ -344,6 +375,32 @@ fn with_warnings(body: Bytes, warnings: &[String]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_post_form_may_carry_read_parameters() {
+        let form = |content_type: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+            headers
+        };
+        let urlencoded = form("application/x-www-form-urlencoded; charset=utf-8");
+        let body = Bytes::from_static(b"match[]=up");
+        assert_eq!(
+            read_body_is_form(&Method::POST, &urlencoded, &body),
+            Ok(true)
+        );
+        assert_eq!(
+            read_body_is_form(&Method::GET, &HeaderMap::new(), &Bytes::new()),
+            Ok(false)
+        );
+        // Prometheus would ignore these bodies (or parse them unseen): refused.
+        assert!(read_body_is_form(&Method::GET, &urlencoded, &body).is_err());
+        let multipart = form("multipart/form-data; boundary=x");
+        assert!(read_body_is_form(&Method::POST, &multipart, &body).is_err());
+        let huge = Bytes::from(vec![b'a'; MAX_FORM_BYTES + 1]);
+        let error = read_body_is_form(&Method::POST, &urlencoded, &huge).unwrap_err();
+        assert_eq!(error.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
 
     #[test]
     fn warnings_are_appended_to_prometheus_bodies_only() {

@@ -14,7 +14,9 @@
 use std::collections::BTreeSet;
 
 use promql_parser::label::{MatchOp, Matcher, Matchers};
-use promql_parser::parser::{self, Expr, VectorSelector};
+use std::time::UNIX_EPOCH;
+
+use promql_parser::parser::{self, AtModifier, Expr, VectorSelector};
 
 #[cfg(test)]
 mod tests;
@@ -286,6 +288,11 @@ impl Enforcement {
             _ => Vec::new(),
         };
         let presence = match original {
+            // A subquery is a range too: its presence is counted like a range selector's.
+            Expr::Subquery(subquery) => {
+                let enforced = self.enforce_expr(Expr::Subquery(subquery))?;
+                format!("count_over_time({enforced})")
+            }
             Expr::MatrixSelector(matrix) => {
                 let enforced = self.enforce_expr(Expr::MatrixSelector(matrix.clone()));
                 match enforced {
@@ -347,6 +354,20 @@ fn check_prometheus_syntax(expr: &Expr) -> Result<(), EnforceError> {
         return Err(EnforceError::Invalid(format!(
             "{vs}: `or` between label matchers is not PromQL"
         )));
+    }
+    let at = match expr {
+        Expr::VectorSelector(vs) => vs.at.as_ref(),
+        Expr::MatrixSelector(matrix) => matrix.vs.at.as_ref(),
+        Expr::Subquery(subquery) => subquery.at.as_ref(),
+        _ => None,
+    };
+    // promql-parser prints a time before 1970 as 0, which would move the query.
+    if let Some(AtModifier::At(time)) = at
+        && time.duration_since(UNIX_EPOCH).is_err()
+    {
+        return Err(EnforceError::Invalid(
+            "`@` before 1970 is not supported".to_owned(),
+        ));
     }
     let children: Vec<&Expr> = match expr {
         Expr::Aggregate(aggregate) => std::iter::once(&*aggregate.expr)

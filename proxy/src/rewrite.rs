@@ -55,6 +55,13 @@ pub fn enforcement_for(
     let mut alternatives = Vec::new();
     let mut policies = Vec::new();
     for (tenant, decision) in allowed {
+        if !decision.unrestricted && decision.filter_sets.is_empty() {
+            // Allowed through filters, yet no filter: nothing is readable. (The bundled policy
+            // never answers this; another engine might.)
+            return Err(ProxyError::forbidden(format!(
+                "tenant {tenant}: the decision allows filtered reads but names no filter"
+            )));
+        }
         let tenant_matchers: Vec<_> = bind(tenant).into_iter().collect::<Result<_, _>>()?;
         if decision.unrestricted {
             alternatives.push(tenant_matchers);
@@ -78,6 +85,10 @@ pub fn enforcement_for(
     }
     policies.sort();
     policies.dedup();
+    debug_assert!(
+        !alternatives.is_empty(),
+        "every allowed tenant adds an alternative"
+    );
     Ok(Enforcement::new(alternatives, policies))
 }
 
@@ -327,16 +338,31 @@ mod tests {
         );
         // One Mimir tenant needs no binding, and unrestricted ones need nothing at all.
         let one = [(tenant("globex"), decision(&[&[r#"env="prod""#]]))];
-        let enforcement = enforcement_for(&TenantBinding::Mimir, &one).unwrap().unwrap();
-        assert_eq!(enforcement.enforce_query("up").unwrap(), r#"up{env="prod"}"#);
-        let open = [(tenant("acme"), decision(&[])), (tenant("globex"), decision(&[]))];
-        assert!(enforcement_for(&TenantBinding::Mimir, &open).unwrap().is_none());
+        let enforcement = enforcement_for(&TenantBinding::Mimir, &one)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            enforcement.enforce_query("up").unwrap(),
+            r#"up{env="prod"}"#
+        );
+        let open = [
+            (tenant("acme"), decision(&[])),
+            (tenant("globex"), decision(&[])),
+        ];
+        assert!(
+            enforcement_for(&TenantBinding::Mimir, &open)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn a_label_bound_store_always_gets_the_tenant_matcher() {
         let label = TenantBinding::Label("tenant".to_owned());
-        let open = [(tenant("acme"), decision(&[])), (tenant("globex"), decision(&[]))];
+        let open = [
+            (tenant("acme"), decision(&[])),
+            (tenant("globex"), decision(&[])),
+        ];
         let enforcement = enforcement_for(&label, &open).unwrap().unwrap();
         assert_eq!(
             enforcement.enforce_query("up").unwrap(),

@@ -126,12 +126,23 @@ fn absent_keeps_the_labels_of_the_users_own_matchers() {
         enforce(&prod, "absent_over_time(up[5m])"),
         r#"(vector(1) unless on () (count_over_time(up{env="prod"}[5m])))"#
     );
+    assert_eq!(
+        enforce(&prod, "absent_over_time(rate(up[5m])[1h:])"),
+        r#"(vector(1) unless on () (count_over_time(rate(up{env="prod"}[5m])[1h:])))"#
+    );
 }
 
 #[test]
 fn syntax_prometheus_does_not_have_is_refused() {
     let prod = sets(&[&[r#"env="prod""#]]);
-    for query in [r#"up{a="1" or b="2"}"#, "up[5m", "", "sum(", r#"info(up)"#] {
+    for query in [
+        r#"up{a="1" or b="2"}"#,
+        "up[5m",
+        "",
+        "sum(",
+        r#"info(up)"#,
+        "up @ -100",
+    ] {
         assert!(
             matches!(prod.enforce_query(query), Err(EnforceError::Invalid(_))),
             "{query}"
