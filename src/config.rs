@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
 pub use proxy::ProxyConfig;
-use proxy::{RawJwt, RawMimir, RawOpa, RawProxy};
+use proxy::{RawFanout, RawJwt, RawMimir, RawOpa, RawProxy};
 
 mod proxy;
 
@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub nats: RawNats,
     /// The upstream the proxy protects (the original Heimdall's key).
     pub mimir: RawMimir,
+    /// Limits on the proxy's upstream calls.
+    pub fanout: RawFanout,
     /// How the proxy verifies tokens.
     pub jwt: RawJwt,
     /// A remote OPA for the proxy's decisions; by default the embedded engine decides.
@@ -159,6 +161,7 @@ impl Default for RawConfig {
             bundle: RawBundle::default(),
             nats: RawNats::default(),
             mimir: RawMimir::default(),
+            fanout: RawFanout::default(),
             jwt: RawJwt::default(),
             opa: RawOpa::default(),
             proxy: RawProxy::default(),
@@ -335,7 +338,7 @@ fn validate(raw: RawConfig) -> anyhow::Result<ServeConfig> {
             bail!("config key {key}: must differ from {other}");
         }
     }
-    let proxy = proxy::validate(&raw.mimir, &raw.jwt, &raw.opa, &raw.proxy)?;
+    let proxy = proxy::validate(&raw.fanout, &raw.mimir, &raw.jwt, &raw.opa, &raw.proxy)?;
     let log_level = match raw.server.log_level.as_str() {
         "trace" => tracing::Level::TRACE,
         "debug" => tracing::Level::DEBUG,

@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use crate::decision::{Action, Decider};
 use crate::identity::{Identity, JwtVerifier};
 use crate::metrics::ProxyMetrics;
+use crate::remote_write;
 use crate::respond::ProxyError;
 use crate::rewrite::{enforcement_for, rewrite_params};
 use crate::tenants::{SCOPE_HEADER, parse_scope};
@@ -21,6 +22,8 @@ use crate::upstream::{ForwardRequest, Upstream};
 
 /// Mimir's path prefix for the Prometheus API.
 pub const PROMETHEUS_PREFIX: &str = "/prometheus";
+/// Mimir's label-based access control header.
+const LABEL_POLICY_HEADER: &str = "x-prom-label-policy";
 /// The largest form body Prometheus (Go's `ParseForm`) reads; a larger one it drops whole.
 const MAX_FORM_BYTES: usize = 10 * 1024 * 1024;
 /// The most all request headers together may weigh.
@@ -135,6 +138,12 @@ impl Gateway {
                 "request headers exceed {MAX_HEADER_BYTES} bytes"
             )));
         }
+        if request.headers.contains_key(LABEL_POLICY_HEADER) {
+            // Mimir would enforce the client's own label policy: only the proxy may set one.
+            return Err(ProxyError::bad_request(
+                "X-Prom-Label-Policy may not be sent by clients",
+            ));
+        }
         self.decider.current_bundle()?;
         if !self.verifier.keys().is_loaded() {
             return Err(ProxyError::unavailable(
@@ -176,12 +185,12 @@ impl Gateway {
                 (rewritten.query, rewritten.body)
             }
             (Some(enforcement), Endpoint::Push) => {
-                // TODO(#5): check every written series against the writer's sets.
-                return Err(ProxyError::forbidden(format!(
-                    "user {:?} may write only series matching filters (policies {}), which                      this proxy does not check yet; the write is refused",
-                    identity.user,
-                    enforcement.policies().join(", ")
-                )));
+                let encoding = request
+                    .headers
+                    .get(header::CONTENT_ENCODING)
+                    .and_then(|value| value.to_str().ok());
+                remote_write::check(&body, encoding, enforcement)?;
+                (request.uri.query().map(str::to_owned), body)
             }
         };
         let tenant_ids: Vec<TenantId> = allowed.into_iter().map(|(tenant, _)| tenant).collect();

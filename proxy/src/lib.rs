@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod identity;
 pub mod metrics;
 pub mod promql;
+pub mod remote_write;
 pub mod respond;
 pub mod rewrite;
 pub mod server;

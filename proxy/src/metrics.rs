@@ -22,6 +22,8 @@ pub struct ProxyMetrics {
     pub jwks_refreshes: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_request_duration: Histogram,
+    pub fanout_active: IntGauge,
+    pub fanout_dropped_requests: IntCounter,
     pub bundle_revision: IntGauge,
     pub bundle_loaded_timestamp: IntGauge,
     pub bundle_loads: IntCounterVec,
@@ -110,6 +112,14 @@ impl ProxyMetrics {
                 "heimdall_upstream_request_duration_seconds",
                 "Upstream request latency",
             ))?,
+            fanout_active: IntGauge::new(
+                "heimdall_fanout_active_goroutines",
+                "Upstream requests in flight (the original's name; tasks here, not goroutines)",
+            )?,
+            fanout_dropped_requests: IntCounter::new(
+                "heimdall_fanout_dropped_requests_total",
+                "Requests refused with 503 because the upstream concurrency limit stayed full",
+            )?,
             bundle_revision: IntGauge::new(
                 "heimdall_bundle_revision",
                 "Event revision of the bundle the proxy decides with",
@@ -140,6 +150,8 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.jwks_refreshes.clone()))?;
         registry.register(Box::new(metrics.upstream_requests.clone()))?;
         registry.register(Box::new(metrics.upstream_request_duration.clone()))?;
+        registry.register(Box::new(metrics.fanout_active.clone()))?;
+        registry.register(Box::new(metrics.fanout_dropped_requests.clone()))?;
         registry.register(Box::new(metrics.bundle_revision.clone()))?;
         registry.register(Box::new(metrics.bundle_loaded_timestamp.clone()))?;
         registry.register(Box::new(metrics.bundle_loads.clone()))?;

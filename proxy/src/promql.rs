@@ -102,6 +102,16 @@ impl Enforcement {
         Some(Self { shape, policies })
     }
 
+    /// Returns whether a series with these labels (`label(name)` is "" when absent) is inside
+    /// the filter sets.
+    pub fn admits<'a>(&self, label: impl Fn(&str) -> &'a str) -> bool {
+        let satisfies = |set: &[Matcher]| set.iter().all(|m| m.is_match(label(&m.name)));
+        match &self.shape {
+            Shape::Inject(matchers) => satisfies(matchers),
+            Shape::Union(sets) => sets.iter().any(|set| satisfies(set)),
+        }
+    }
+
     /// Returns the policies whose filters this enforces.
     pub fn policies(&self) -> &[String] {
         &self.policies
@@ -169,7 +179,8 @@ impl Enforcement {
                     && has_unrestricted_selector(&aggregate.expr, sets)
                 {
                     return Err(self.inexpressible(format!(
-                        "{} breaks ties by the order of series, which a union of filter sets                          changes",
+                        "{} breaks ties by the order of series, which a union of filter sets \
+                         changes",
                         aggregate.op
                     )));
                 }

@@ -1,7 +1,10 @@
 //! Sends allowed requests to the upstream (Mimir, or a Prometheus-compatible store) with the
 //! tenants the proxy decided on, and reads the answer back with a size limit.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use bytes::Bytes;
 use heimdall_opa::TenantId;
@@ -62,6 +65,19 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     /// The most an upstream answer may weigh.
     pub max_response_bytes: usize,
+    /// Upstream calls one process runs at once.
+    pub max_concurrency: usize,
+    /// How long a request waits for a free slot before a 503 with `Retry-After`.
+    pub queue_timeout: Duration,
+}
+
+/// Counts an upstream call as active until dropped, also when the client goes away mid-call.
+struct ActiveGuard<'a>(&'a ProxyMetrics);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fanout_active.dec();
+    }
 }
 
 /// An upstream answer, read into memory.
@@ -76,6 +92,8 @@ pub struct UpstreamResponse {
 pub struct Upstream {
     settings: UpstreamSettings,
     client: reqwest::Client,
+    /// Upstream calls this process may run at once; the rest wait up to the queue timeout.
+    inflight: Arc<Semaphore>,
     metrics: ProxyMetrics,
 }
 
@@ -86,9 +104,11 @@ impl Upstream {
             .tls_danger_accept_invalid_certs(settings.insecure_skip_verify)
             .build()
             .map_err(|error| format!("building the upstream client: {error}"))?;
+        let inflight = Arc::new(Semaphore::new(settings.max_concurrency.max(1)));
         Ok(Self {
             settings,
             client,
+            inflight,
             metrics,
         })
     }
@@ -105,6 +125,17 @@ impl Upstream {
         request: ForwardRequest<'_>,
         tenants: &[TenantId],
     ) -> Result<UpstreamResponse, ProxyError> {
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(self.settings.queue_timeout, self.inflight.acquire()).await
+        else {
+            self.metrics.fanout_dropped_requests.inc();
+            return Err(ProxyError::unavailable(format!(
+                "more than {} upstream requests are in flight; retry later",
+                self.settings.max_concurrency
+            )));
+        };
+        self.metrics.fanout_active.inc();
+        let _active = ActiveGuard(&self.metrics);
         let base = self.settings.url.trim_end_matches('/');
         let path = if request.push {
             self.settings.push_path.clone()

@@ -81,6 +81,13 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
                 headers: parts.headers,
                 body,
             });
+            if parts
+                .uri
+                .query()
+                .is_some_and(|query| query.contains("slow"))
+            {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             if path.ends_with("/query_range") {
                 return (
                     http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -149,6 +156,8 @@ async fn start_with(
             insecure_skip_verify: false,
             timeout: Duration::from_secs(5),
             max_response_bytes: 1024 * 1024,
+            max_concurrency: 2,
+            queue_timeout: Duration::from_millis(300),
         },
         max_tenants: 32,
         auto_resolve_tenants: true,
@@ -225,7 +234,6 @@ async fn only_the_proxys_own_tenant_header_and_credentials_go_upstream() {
         .post(format!("{}/api/v1/query?time=1700000000", harness.proxy))
         .bearer_auth(harness.token())
         .header("X-Scope-OrgID", "globex|acme|globex")
-        .header("X-Prom-Label-Policy", "acme:env=\"prod\"")
         .header("Cookie", "session=secret")
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body("query=up")
@@ -240,6 +248,18 @@ async fn only_the_proxys_own_tenant_header_and_credentials_go_upstream() {
     assert_eq!(seen.headers["x-scope-orgid"], "acme|globex");
     assert_eq!(seen.headers["authorization"], "Bearer upstream-secret");
     assert!(seen.headers.get("x-prom-label-policy").is_none());
+
+    // A client's own label policy is refused, not dropped silently.
+    let response = client
+        .get(format!("{}/api/v1/query?query=up", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "acme")
+        .header("X-Prom-Label-Policy", "acme:env=\"prod\"")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = body_json(response).await;
+    assert_eq!(status, 400, "{body}");
     assert!(seen.headers.get("cookie").is_none());
 }
 
@@ -438,4 +458,41 @@ async fn a_remote_opa_decides_and_its_failure_never_allows() {
     let (status, body) = body_json(ask(harness.token_of("bob"), Some("acme")).await.unwrap()).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["errorType"], "internal");
+}
+
+#[tokio::test]
+async fn a_full_upstream_limit_answers_503_with_retry_after() {
+    let harness = start(None).await;
+    let client = reqwest::Client::new();
+    let ask = || {
+        client
+            .get(format!("{}/api/v1/query?query=slow", harness.proxy))
+            .bearer_auth(harness.token())
+            .header("X-Scope-OrgID", "acme")
+            .send()
+    };
+    // Two slots: the third request waits 300 ms for one, then gets 503.
+    let (first, second, third) = tokio::join!(ask(), ask(), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ask().await
+    });
+    assert_eq!(first.unwrap().status(), 200);
+    assert_eq!(second.unwrap().status(), 200);
+    let third = third.unwrap();
+    assert_eq!(third.status(), 503);
+    assert_eq!(third.headers()["retry-after"], "1");
+    let metrics = reqwest::get(format!("{}/metrics", harness.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("heimdall_fanout_dropped_requests_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("heimdall_fanout_active_goroutines 0"),
+        "{metrics}"
+    );
 }

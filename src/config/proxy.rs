@@ -177,6 +177,25 @@ impl Default for RawOpa {
     }
 }
 
+/// Limits on upstream calls (the original Heimdall's `fanout` section).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFanout {
+    /// Upstream requests one proxy process runs at once.
+    pub max_concurrency: u64,
+    /// How long a request waits for a free slot before a 503 with `Retry-After`.
+    pub queue_timeout_seconds: u64,
+}
+
+impl Default for RawFanout {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 64,
+            queue_timeout_seconds: 5,
+        }
+    }
+}
+
 /// The proxy's own behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -296,12 +315,18 @@ impl std::fmt::Debug for JwtConfig {
 
 /// Validates the proxy sections.
 pub fn validate(
+    fanout: &RawFanout,
     mimir: &RawMimir,
     jwt: &RawJwt,
     opa: &RawOpa,
     proxy: &RawProxy,
 ) -> anyhow::Result<ProxyConfig> {
-    let upstream = validate_upstream(mimir)?;
+    let mut upstream = validate_upstream(mimir)?;
+    if fanout.max_concurrency == 0 {
+        bail!("config key fanout.max_concurrency: must be at least 1");
+    }
+    upstream.max_concurrency = to_usize(fanout.max_concurrency);
+    upstream.queue_timeout = Duration::from_secs(fanout.queue_timeout_seconds);
     let jwt = validate_jwt(jwt)?;
     let remote_opa = match opa.url.trim() {
         "" => None,
@@ -386,6 +411,8 @@ fn validate_upstream(mimir: &RawMimir) -> anyhow::Result<UpstreamSettings> {
         insecure_skip_verify: mimir.insecure_skip_verify,
         timeout: positive_seconds("mimir.timeout_seconds", mimir.timeout_seconds)?,
         max_response_bytes: to_usize(mimir.max_response_bytes),
+        max_concurrency: RawFanout::default().max_concurrency as usize,
+        queue_timeout: Duration::from_secs(RawFanout::default().queue_timeout_seconds),
     })
 }
 

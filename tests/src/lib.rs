@@ -280,6 +280,17 @@ pub fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<HttpResponse> {
+    http_request_with_body(addr, method, path, headers, &[])
+}
+
+/// Like [`http_request`], with a body (sent with its `Content-Length`).
+pub fn http_request_with_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<HttpResponse> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream
@@ -289,8 +300,12 @@ pub fn http_request(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
     let split = raw.windows(4).position(|window| window == b"\r\n\r\n")?;

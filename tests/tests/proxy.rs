@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use heimdall_proxy::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
 use heimdall_tests::{
     HeimdallProcess, HttpResponse, NatsServer, PrometheusServer, cli_ok, heimdall_binary, http_get,
-    http_request,
+    http_request, http_request_with_body,
 };
 use serde_json::Value;
 
@@ -135,6 +136,7 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         ("HEIMDALL_MIMIR_URL", prometheus.url()),
         ("HEIMDALL_MIMIR_API_PREFIX", String::new()),
         ("HEIMDALL_MIMIR_KIND", "label".to_owned()),
+        ("HEIMDALL_MIMIR_PUSH_PATH", "/api/v1/write".to_owned()),
     ];
     let mut server = HeimdallProcess::serve(&["--target=all", "--dev"], dir.path(), &env);
     server.wait_ready();
@@ -328,18 +330,81 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
     .unwrap();
     let message = assert_error(&write, 400, "bad_data");
     assert!(message.contains("X-Scope-OrgID"), "{message}");
-    // In a store where the tenant is a label, writes would need every series checked.
-    let write = http_request(
+    // Writes need a write policy, and every series must satisfy its filters, tenant label
+    // included; Prometheus' remote-write receiver takes what passes.
+    let push = |series: &[(&str, &str)]| {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let request = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: series
+                    .iter()
+                    .map(|(name, value)| Label {
+                        name: (*name).to_owned(),
+                        value: (*value).to_owned(),
+                    })
+                    .collect(),
+                samples: vec![Sample {
+                    value: 42.0,
+                    timestamp: i64::try_from(now.as_millis()).unwrap(),
+                }],
+            }],
+        };
+        http_request_with_body(
+            &addr,
+            "POST",
+            "/api/v1/push",
+            &[
+                ("Authorization", &format!("Bearer {alice}")),
+                ("X-Scope-OrgID", "acme"),
+                ("Content-Encoding", "snappy"),
+                ("Content-Type", "application/x-protobuf"),
+                ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+            ],
+            &remote_write::encode(&request),
+        )
+        .unwrap()
+    };
+    let prod = [
+        ("__name__", "demo_pushed"),
+        ("tenant", "acme"),
+        ("room", "p"),
+    ];
+    assert_error(&push(&prod), 403, "forbidden");
+    apply(
+        dir.path(),
+        &server,
+        r#"[{"name": "alice-writes-room-p", "effect": "allow",
+             "subjects": [{"type": "user", "id": "alice@acme.com"}],
+             "actions": ["write"], "scope": {"tenants": ["acme"], "resources": ["metrics"]},
+             "filters": ["room=\"p\""]}]"#,
+    );
+    let written = eventually(|| push(&prod), |response| response.status != 403);
+    assert_eq!(
+        written.status,
+        204,
+        "{}",
+        String::from_utf8_lossy(&written.body)
+    );
+    let other_room = push(&[
+        ("__name__", "demo_pushed"),
+        ("tenant", "acme"),
+        ("room", "q"),
+    ]);
+    let message = assert_error(&other_room, 403, "forbidden");
+    assert!(message.contains(r#"room="q""#), "{message}");
+    let other_tenant = push(&[
+        ("__name__", "demo_pushed"),
+        ("tenant", "globex"),
+        ("room", "p"),
+    ]);
+    assert_error(&other_tenant, 403, "forbidden");
+    let pushed = query(
         &addr,
-        "POST",
-        "/api/v1/push",
-        &[
-            ("Authorization", &format!("Bearer {alice}")),
-            ("X-Scope-OrgID", "acme"),
-        ],
-    )
-    .unwrap();
-    assert_error(&write, 403, "forbidden");
+        &alice,
+        Some("acme"),
+        "/api/v1/query?query=demo_pushed",
+    );
+    assert_eq!(json(&pushed)["data"]["result"][0]["value"][1], "42");
 
     // A deny policy wins over the allow, and takes effect without a restart.
     apply(
