@@ -12,8 +12,10 @@ use heimdall_opa::engine::Decision;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 
 use crate::decision::{Action, Decider};
+use crate::filter_response::{self, FILTERED_ROUTES};
 use crate::identity::{Identity, JwtVerifier};
 use crate::metrics::ProxyMetrics;
+use crate::promql::Enforcement;
 use crate::remote_write;
 use crate::respond::ProxyError;
 use crate::rewrite::{enforcement_for, rewrite_params};
@@ -210,8 +212,66 @@ impl Gateway {
             route = endpoint.label(),
             "forwarding"
         );
-        let answer = self.upstream.forward(forward, &tenant_ids).await?;
+        let mut answer = self.upstream.forward(forward, &tenant_ids).await?;
+        if let (Some(enforcement), Endpoint::Read(route)) = (&enforcement, endpoint)
+            && FILTERED_ROUTES.contains(&route)
+            && answer.status.is_success()
+        {
+            answer.body = self
+                .narrow_answer(route, &answer.body, enforcement, &tenant_ids)
+                .await?;
+        }
         Ok(respond(answer, &warnings))
+    }
+
+    /// Narrows a metadata, rules or alerts answer to what the filter sets allow. An answer that
+    /// cannot be read is a 502, never passed on unfiltered.
+    async fn narrow_answer(
+        &self,
+        route: &str,
+        body: &Bytes,
+        enforcement: &Enforcement,
+        tenants: &[TenantId],
+    ) -> Result<Bytes, ProxyError> {
+        let narrowed = match route {
+            "/api/v1/alerts" => filter_response::alerts(body, enforcement),
+            "/api/v1/rules" => filter_response::rules(body, enforcement),
+            _ => {
+                let readable = self.readable_metric_names(enforcement, tenants).await?;
+                filter_response::metadata(body, &readable)
+            }
+        };
+        narrowed.map_err(|error| ProxyError::bad_gateway(error.to_string()))
+    }
+
+    /// Asks the upstream for the metric names that have readable series.
+    async fn readable_metric_names(
+        &self,
+        enforcement: &Enforcement,
+        tenants: &[TenantId],
+    ) -> Result<std::collections::BTreeSet<String>, ProxyError> {
+        let selectors = enforcement.readable_series_selectors();
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(selectors.iter().map(|selector| ("match[]", selector)))
+            .finish();
+        let headers = HeaderMap::new();
+        let request = ForwardRequest {
+            method: &Method::GET,
+            api_path: "/api/v1/label/__name__/values",
+            query: Some(&query),
+            headers: &headers,
+            body: Bytes::new(),
+            push: false,
+        };
+        let answer = self.upstream.forward(request, tenants).await?;
+        if !answer.status.is_success() {
+            return Err(ProxyError::bad_gateway(format!(
+                "listing readable metric names failed upstream with status {}",
+                answer.status
+            )));
+        }
+        filter_response::label_values(&answer.body)
+            .map_err(|error| ProxyError::bad_gateway(error.to_string()))
     }
 
     /// Returns the tenants the request is about: those it names, or (reads only) those the

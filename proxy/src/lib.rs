@@ -4,6 +4,7 @@
 
 pub mod bundle_sync;
 pub mod decision;
+pub mod filter_response;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;

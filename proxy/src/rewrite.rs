@@ -8,6 +8,7 @@ use bytes::Bytes;
 use heimdall_opa::engine::Decision;
 use heimdall_opa::{LabelFilter, TenantId};
 
+use crate::filter_response::FILTERED_ROUTES;
 use crate::promql::{EnforceError, Enforcement, TENANT_LABEL};
 use crate::respond::ProxyError;
 
@@ -118,7 +119,8 @@ pub fn rewrite_params(
     body: Bytes,
     form_body: bool,
 ) -> Result<RewrittenParams, ProxyError> {
-    if SERIES_FREE_ROUTES.contains(&route) {
+    // Series-free endpoints read no series; the filtered ones are narrowed in their answer.
+    if SERIES_FREE_ROUTES.contains(&route) || FILTERED_ROUTES.contains(&route) {
         return Ok(RewrittenParams {
             query: url_query.map(str::to_owned),
             body,
@@ -135,11 +137,8 @@ pub fn rewrite_params(
     } else if SERIES_ROUTES.contains(&route) {
         "match[]"
     } else {
-        // TODO(#5): metadata, rules and alerts filtered by the sets.
-        return Err(ProxyError::forbidden(format!(
-            "{route} is not filtered yet, and the request's tenants are readable only in part \
-             (policies {}); it is refused rather than answered unfiltered",
-            enforcement.policies().join(", ")
+        return Err(ProxyError::not_found(format!(
+            "{route} is not an endpoint this proxy serves"
         )));
     };
     let in_url = url_params.iter().filter(|(name, _)| name == key).count();
@@ -371,10 +370,11 @@ mod tests {
     }
 
     #[test]
-    fn unfiltered_endpoints_are_refused_under_filters() {
+    fn answer_filtered_endpoints_keep_their_parameters() {
         for route in ["/api/v1/metadata", "/api/v1/rules", "/api/v1/alerts"] {
-            let error = rewrite_params(route, &prod(), None, Bytes::new(), false).unwrap_err();
-            assert_eq!(error.status, http::StatusCode::FORBIDDEN, "{route}");
+            let rewritten =
+                rewrite_params(route, &prod(), Some("limit=5"), Bytes::new(), false).unwrap();
+            assert_eq!(rewritten.query.as_deref(), Some("limit=5"), "{route}");
         }
     }
 }

@@ -266,6 +266,12 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         &format!("/api/v1/label/tenant/values?start={start}&end={at}"),
     );
     assert_eq!(json(&tenants)["data"], serde_json::json!(["acme"]));
+    // Metadata is narrowed to readable metric names (this store has none from scrapes); rules
+    // need their own action, which bob lacks.
+    let metadata = query(&addr, &bob, Some("globex"), "/api/v1/metadata");
+    assert_eq!(json(&metadata)["status"], "success");
+    let rules = query(&addr, &bob, Some("globex"), "/api/v1/rules");
+    assert_error(&rules, 403, "forbidden");
 
     // Bad input gets clear 4xx answers.
     let no_token = http_request(&addr, "GET", &path, &[("X-Scope-OrgID", "acme")]).unwrap();
