@@ -13,6 +13,9 @@ use crate::promql::Enforcement;
 /// Endpoints whose answers are narrowed here rather than by rewriting their parameters.
 pub const FILTERED_ROUTES: &[&str] = &["/api/v1/metadata", "/api/v1/rules", "/api/v1/alerts"];
 
+/// Suffixes that series of one metric family add to its name.
+const FAMILY_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count", "_total", "_created", "_info"];
+
 /// Why an answer could not be narrowed: it is not the success envelope the endpoint gives.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unexpected upstream answer to {0}")]
@@ -25,7 +28,13 @@ pub fn metadata(body: &Bytes, readable: &BTreeSet<String>) -> Result<Bytes, Unex
         .get_mut("data")
         .and_then(Value::as_object_mut)
         .ok_or(Unexpected("metadata"))?;
-    data.retain(|name, _| readable.contains(name));
+    // Metadata names a metric family; its series may carry a suffix (`_bucket`, `_total`, …).
+    data.retain(|family, _| {
+        readable.contains(family)
+            || FAMILY_SUFFIXES
+                .iter()
+                .any(|suffix| readable.contains(&format!("{family}{suffix}")))
+    });
     encode(&envelope)
 }
 
@@ -58,7 +67,17 @@ pub fn rules(body: &Bytes, enforcement: &Enforcement) -> Result<Bytes, Unexpecte
             let Some(rule) = rule.as_object_mut() else {
                 continue;
             };
+            // An evaluation error may quote series of any label set.
+            if rule
+                .get("lastError")
+                .and_then(Value::as_str)
+                .is_some_and(|e| !e.is_empty())
+            {
+                rule.insert("lastError".to_owned(), Value::String(String::new()));
+            }
             let Some(alerts) = rule.get_mut("alerts").and_then(Value::as_array_mut) else {
+                // Alerts left out (`exclude_alerts`): the state would tell about all of them.
+                rule.remove("state");
                 continue;
             };
             alerts.retain(|alert| readable(alert, enforcement));
@@ -139,16 +158,18 @@ mod tests {
 
     #[test]
     fn metadata_keeps_readable_metric_names_only() {
+        let readable = BTreeSet::from(["up".to_owned(), "latency_bucket".to_owned()]);
         let body = Bytes::from(
             serde_json::json!({"status": "success", "data": {
                 "up": [{"type": "gauge", "help": "h", "unit": ""}],
+                "latency": [{"type": "histogram", "help": "h", "unit": ""}],
                 "secret_total": [{"type": "counter", "help": "h", "unit": ""}],
             }})
             .to_string(),
         );
-        let readable = BTreeSet::from(["up".to_owned()]);
         let narrowed = parse(&metadata(&body, &readable).unwrap());
-        assert_eq!(narrowed["data"].as_object().unwrap().len(), 1);
+        assert_eq!(narrowed["data"].as_object().unwrap().len(), 2);
+        assert_eq!(narrowed["data"]["latency"][0]["type"], "histogram");
         assert_eq!(narrowed["data"]["up"][0]["type"], "gauge");
     }
 

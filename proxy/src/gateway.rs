@@ -18,7 +18,7 @@ use crate::metrics::ProxyMetrics;
 use crate::promql::Enforcement;
 use crate::remote_write;
 use crate::respond::ProxyError;
-use crate::rewrite::{enforcement_for, rewrite_params};
+use crate::rewrite::{TenantBinding, enforcement_for, rewrite_params};
 use crate::tenants::{SCOPE_HEADER, parse_scope};
 use crate::upstream::{ForwardRequest, Upstream};
 
@@ -175,6 +175,13 @@ impl Gateway {
                     self.max_body_bytes
                 ))
             })?;
+        if endpoint == Endpoint::Read("/api/v1/rules")
+            && matches!(self.upstream.tenant_binding(), TenantBinding::Label(_))
+        {
+            return Err(ProxyError::forbidden(
+                "rules of a store shared by tenants belong to no one tenant; they are not served",
+            ));
+        }
         let form_body = match endpoint {
             Endpoint::Read(_) => read_body_is_form(&request.method, &request.headers, &body)?,
             Endpoint::Push => false,
@@ -191,7 +198,11 @@ impl Gateway {
                     .headers
                     .get(header::CONTENT_ENCODING)
                     .and_then(|value| value.to_str().ok());
-                remote_write::check(&body, encoding, enforcement)?;
+                let content_type = request
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok());
+                remote_write::check(&body, encoding, content_type, enforcement)?;
                 (request.uri.query().map(str::to_owned), body)
             }
         };

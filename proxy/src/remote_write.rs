@@ -8,9 +8,9 @@ use crate::promql::Enforcement;
 use crate::respond::ProxyError;
 
 /// The most a decompressed request may weigh, whatever its compressed size.
-const MAX_DECODED_BYTES: usize = 256 * 1024 * 1024;
+const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 
-/// `prometheus.WriteRequest`, reduced to what the check reads (unknown fields are skipped).
+/// `prometheus.WriteRequest` with series only, for building requests (tests, tools).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {
     #[prost(message, repeated, tag = "1")]
@@ -51,15 +51,37 @@ pub fn encode(request: &WriteRequest) -> Vec<u8> {
 }
 
 /// Refuses the request unless every series satisfies one of the writer's filter sets.
+///
+/// The body is walked field by field rather than decoded into structs: a small body can expand
+/// to millions of empty messages. Anything but remote write 1.0 series is refused, since it could
+/// carry data the check does not see (2.0 symbol tables, metric metadata).
 pub fn check(
     body: &[u8],
     content_encoding: Option<&str>,
+    content_type: Option<&str>,
     enforcement: &Enforcement,
 ) -> Result<(), ProxyError> {
     if !content_encoding.is_some_and(|encoding| encoding.trim().eq_ignore_ascii_case("snappy")) {
         return Err(ProxyError::bad_request(
             "remote write must be snappy-compressed (Content-Encoding: snappy)",
         ));
+    }
+    if let Some(content_type) = content_type {
+        let mut parts = content_type.split(';').map(str::trim);
+        let protobuf = parts
+            .next()
+            .is_some_and(|mime| mime.eq_ignore_ascii_case("application/x-protobuf"));
+        let version_1 = parts.all(|param| match param.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("proto") => {
+                value.trim() == "prometheus.WriteRequest"
+            }
+            _ => true,
+        });
+        if !protobuf || !version_1 {
+            return Err(ProxyError::bad_request(format!(
+                "remote write must be protobuf prometheus.WriteRequest (1.0), not {content_type}"
+            )));
+        }
     }
     let decoded_len = snap::raw::decompress_len(body)
         .map_err(|error| ProxyError::bad_request(format!("remote write body: {error}")))?;
@@ -71,35 +93,155 @@ pub fn check(
     let protobuf = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|error| ProxyError::bad_request(format!("remote write body: {error}")))?;
-    let request = WriteRequest::decode(protobuf.as_slice()).map_err(|error| {
-        ProxyError::bad_request(format!("remote write body is not a WriteRequest: {error}"))
-    })?;
-    for series in &request.timeseries {
-        let label = |name: &str| {
-            series
-                .labels
-                .iter()
-                .find(|label| label.name == name)
-                .map_or("", |label| label.value.as_str())
-        };
-        if !enforcement.admits(label) {
-            return Err(ProxyError::forbidden(format!(
-                "series {} is outside what the writer may write (policies {})",
-                describe(series),
-                enforcement.policies().join(", ")
-            )));
+    let malformed = |reason: &str| {
+        ProxyError::bad_request(format!("remote write body is not a WriteRequest: {reason}"))
+    };
+    let mut request = Fields::new(&protobuf);
+    let mut labels: Vec<(&str, &str)> = Vec::new();
+    while let Some((tag, value)) = request.next_field().map_err(malformed)? {
+        match (tag, value) {
+            (1, Value::Bytes(series)) => {
+                read_labels(series, &mut labels).map_err(malformed)?;
+                check_series(&labels, enforcement)?;
+            }
+            (3, _) => {
+                return Err(ProxyError::forbidden(
+                    "metric metadata in remote write applies to every series of a metric and \
+                     cannot be checked against filters; send samples only",
+                ));
+            }
+            _ => return Err(malformed("a field remote write 1.0 does not have")),
         }
     }
     Ok(())
 }
 
-fn describe(series: &TimeSeries) -> String {
-    let labels: Vec<String> = series
-        .labels
-        .iter()
-        .map(|label| format!("{}={:?}", label.name, label.value))
-        .collect();
-    format!("{{{}}}", labels.join(", "))
+fn check_series(labels: &[(&str, &str)], enforcement: &Enforcement) -> Result<(), ProxyError> {
+    let describe = || {
+        let shown: Vec<String> = labels
+            .iter()
+            .map(|(name, value)| format!("{name}={value:?}"))
+            .collect();
+        format!("{{{}}}", shown.join(", "))
+    };
+    let mut names: Vec<&str> = labels.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err(ProxyError::bad_request(format!(
+            "series {} names a label twice",
+            describe()
+        )));
+    }
+    // An empty value reads as an absent label, as Prometheus and Mimir store it.
+    let label = |name: &str| {
+        labels
+            .iter()
+            .find(|(label, _)| *label == name)
+            .map_or("", |(_, value)| *value)
+    };
+    if !enforcement.admits(label) {
+        return Err(ProxyError::forbidden(format!(
+            "series {} is outside what the writer may write (policies {})",
+            describe(),
+            enforcement.policies().join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the labels of one `TimeSeries` message into `labels`, skipping its samples.
+fn read_labels<'a>(
+    series: &'a [u8],
+    labels: &mut Vec<(&'a str, &'a str)>,
+) -> Result<(), &'static str> {
+    labels.clear();
+    let mut fields = Fields::new(series);
+    while let Some((tag, value)) = fields.next_field()? {
+        let (1, Value::Bytes(label)) = (tag, value) else {
+            continue;
+        };
+        let (mut name, mut text) = ("", "");
+        let mut pair = Fields::new(label);
+        while let Some((tag, value)) = pair.next_field()? {
+            match (tag, value) {
+                (1, Value::Bytes(bytes)) => name = utf8(bytes)?,
+                (2, Value::Bytes(bytes)) => text = utf8(bytes)?,
+                _ => return Err("a label holds an unknown field"),
+            }
+        }
+        labels.push((name, text));
+    }
+    Ok(())
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, &'static str> {
+    std::str::from_utf8(bytes).map_err(|_| "a label is not UTF-8")
+}
+
+/// One protobuf field value, as far as the check needs it.
+enum Value<'a> {
+    Bytes(&'a [u8]),
+    Scalar,
+}
+
+/// Walks the fields of one protobuf message without copying.
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    fn next_field(&mut self) -> Result<Option<(u64, Value<'a>)>, &'static str> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let (tag, wire_type) = (key >> 3, key & 7);
+        let value = match wire_type {
+            0 => {
+                self.varint()?;
+                Value::Scalar
+            }
+            1 => {
+                self.take(8)?;
+                Value::Scalar
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?).map_err(|_| "length overflow")?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Scalar
+            }
+            _ => return Err("an unsupported wire type"),
+        };
+        Ok(Some((tag, value)))
+    }
+
+    fn varint(&mut self) -> Result<u64, &'static str> {
+        let mut value = 0_u64;
+        for (index, byte) in self.rest.iter().enumerate().take(10) {
+            value |= u64::from(byte & 0x7f) << (7 * index);
+            if byte & 0x80 == 0 {
+                self.rest = &self.rest[index + 1..];
+                return Ok(value);
+            }
+        }
+        Err("a truncated varint")
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], &'static str> {
+        if len > self.rest.len() {
+            return Err("a truncated field");
+        }
+        let (taken, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(taken)
+    }
 }
 
 #[cfg(test)]
@@ -140,14 +282,14 @@ mod tests {
                 series(&[("__name__", "up"), ("team", "a"), ("env", "dev")]),
             ],
         };
-        assert!(check(&encode(&allowed), Some("snappy"), &enforcement).is_ok());
+        assert!(check(&encode(&allowed), Some("snappy"), None, &enforcement).is_ok());
         let mixed = WriteRequest {
             timeseries: vec![
                 series(&[("__name__", "up"), ("env", "prod")]),
                 series(&[("__name__", "up"), ("env", "dev")]),
             ],
         };
-        let error = check(&encode(&mixed), Some("snappy"), &enforcement).unwrap_err();
+        let error = check(&encode(&mixed), Some("snappy"), None, &enforcement).unwrap_err();
         assert_eq!(error.status, http::StatusCode::FORBIDDEN);
         assert!(error.message.contains(r#"env="dev""#), "{}", error.message);
     }
@@ -159,10 +301,42 @@ mod tests {
             timeseries: vec![series(&[("env", "prod")])],
         };
         let body = encode(&request);
-        assert!(check(&body, None, &enforcement).is_err());
-        assert!(check(&body, Some("gzip"), &enforcement).is_err());
-        assert!(check(b"not snappy at all", Some("snappy"), &enforcement).is_err());
+        assert!(check(&body, None, None, &enforcement).is_err());
+        assert!(check(&body, Some("gzip"), None, &enforcement).is_err());
+        assert!(check(b"not snappy at all", Some("snappy"), None, &enforcement).is_err());
         let garbage = snap::raw::Encoder::new().compress_vec(&[0xff; 64]).unwrap();
-        assert!(check(&garbage, Some("snappy"), &enforcement).is_err());
+        assert!(check(&garbage, Some("snappy"), None, &enforcement).is_err());
+        let version_2 = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
+        assert!(check(&body, Some("snappy"), Some(version_2), &enforcement).is_err());
+        let version_1 = "application/x-protobuf;proto=prometheus.WriteRequest";
+        assert!(check(&body, Some("snappy"), Some(version_1), &enforcement).is_ok());
+    }
+
+    #[test]
+    fn duplicate_labels_metadata_and_unknown_fields_are_refused() {
+        let enforcement = prod_or_team_a();
+        // team="" then team="secret": read naively as team="", stored as team="secret".
+        let twice = WriteRequest {
+            timeseries: vec![series(&[("env", "prod"), ("team", ""), ("team", "b")])],
+        };
+        assert!(check(&encode(&twice), Some("snappy"), None, &enforcement).is_err());
+        let snappy = |protobuf: &[u8]| snap::raw::Encoder::new().compress_vec(protobuf).unwrap();
+        // Field 3 (metadata): a metric family's help text, no series.
+        let metadata = [0x1a, 0x02, 0x08, 0x01];
+        let error = check(&snappy(&metadata), Some("snappy"), None, &enforcement).unwrap_err();
+        assert_eq!(error.status, http::StatusCode::FORBIDDEN);
+        // Field 4 (remote write 2.0 symbols): never passed unchecked.
+        let symbols = [0x22, 0x01, 0x61];
+        assert!(check(&snappy(&symbols), Some("snappy"), None, &enforcement).is_err());
+        // Truncated messages.
+        assert!(
+            check(
+                &snappy(&[0x0a, 0x05, 0x0a]),
+                Some("snappy"),
+                None,
+                &enforcement
+            )
+            .is_err()
+        );
     }
 }

@@ -322,8 +322,8 @@ pub fn validate(
     proxy: &RawProxy,
 ) -> anyhow::Result<ProxyConfig> {
     let mut upstream = validate_upstream(mimir)?;
-    if fanout.max_concurrency == 0 {
-        bail!("config key fanout.max_concurrency: must be at least 1");
+    if fanout.max_concurrency == 0 || fanout.max_concurrency > 1_000_000 {
+        bail!("config key fanout.max_concurrency: must be between 1 and 1000000");
     }
     upstream.max_concurrency = to_usize(fanout.max_concurrency);
     upstream.queue_timeout = Duration::from_secs(fanout.queue_timeout_seconds);
