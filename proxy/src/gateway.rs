@@ -14,13 +14,15 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use crate::decision::{Action, Decider};
 use crate::filter_response::{self, FILTERED_ROUTES};
 use crate::identity::{Identity, JwtVerifier};
+use crate::merge::{self, MergeError};
 use crate::metrics::ProxyMetrics;
 use crate::promql::Enforcement;
+use crate::promql::TENANT_LABEL;
 use crate::remote_write;
 use crate::respond::ProxyError;
 use crate::rewrite::{TenantBinding, enforcement_for, rewrite_params};
 use crate::tenants::{SCOPE_HEADER, parse_scope};
-use crate::upstream::{ForwardRequest, Upstream};
+use crate::upstream::{ForwardRequest, Upstream, UpstreamResponse};
 
 /// Mimir's path prefix for the Prometheus API.
 pub const PROMETHEUS_PREFIX: &str = "/prometheus";
@@ -50,6 +52,11 @@ pub struct Gateway {
     pub auto_resolve_tenants: bool,
     pub partial_tenants: PartialTenants,
     pub max_body_bytes: usize,
+    /// Read every tenant of a multi-tenant request on its own and merge (Mimir without
+    /// federation), rather than one federated request.
+    pub fan_out: bool,
+    /// How many tenants of one request are read at once when fanning out.
+    pub tenants_at_once: usize,
 }
 
 /// Which kind of endpoint a route is.
@@ -166,7 +173,6 @@ impl Gateway {
                 "remote write goes to exactly one tenant: name one in X-Scope-OrgID",
             ));
         }
-        let enforcement = enforcement_for(self.upstream.tenant_binding(), &allowed)?;
         let body = axum::body::to_bytes(request.body, self.max_body_bytes)
             .await
             .map_err(|_| {
@@ -186,45 +192,73 @@ impl Gateway {
             Endpoint::Read(_) => read_body_is_form(&request.method, &request.headers, &body)?,
             Endpoint::Push => false,
         };
-        let (query, body) = match (&enforcement, endpoint) {
-            (None, _) => (request.uri.query().map(str::to_owned), body),
-            (Some(enforcement), Endpoint::Read(route)) => {
-                let rewritten =
-                    rewrite_params(route, enforcement, request.uri.query(), body, form_body)?;
-                (rewritten.query, rewritten.body)
-            }
-            (Some(enforcement), Endpoint::Push) => {
-                let encoding = request
-                    .headers
-                    .get(header::CONTENT_ENCODING)
-                    .and_then(|value| value.to_str().ok());
-                let content_type = request
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|value| value.to_str().ok());
-                remote_write::check(&body, encoding, content_type, enforcement)?;
-                (request.uri.query().map(str::to_owned), body)
-            }
-        };
-        let tenant_ids: Vec<TenantId> = allowed.into_iter().map(|(tenant, _)| tenant).collect();
-        let path = request.uri.path();
-        let api_path = path.strip_prefix(PROMETHEUS_PREFIX).unwrap_or(path);
-        let forward = ForwardRequest {
+        let parts = RequestParts {
+            endpoint,
             method: &request.method,
-            api_path,
-            query: query.as_deref(),
+            uri: &request.uri,
             headers: &request.headers,
-            body,
-            push: endpoint == Endpoint::Push,
+            form_body,
         };
         tracing::debug!(
             user = %identity.user,
-            tenants = tenant_ids.len(),
+            tenants = allowed.len(),
             route = endpoint.label(),
             "forwarding"
         );
+        if let Endpoint::Read(route) = endpoint
+            && self.fan_out
+            && allowed.len() > 1
+        {
+            return self.fan_out(route, &parts, body, &allowed, &warnings).await;
+        }
+        let answer = self.call_upstream(&parts, body, &allowed).await?;
+        Ok(respond(answer, &warnings))
+    }
+
+    /// Sends one upstream request for `allowed` (one tenant, or several federated): enforces
+    /// the filters on its parameters or its written series, and narrows the answer.
+    async fn call_upstream(
+        &self,
+        parts: &RequestParts<'_>,
+        body: Bytes,
+        allowed: &[(TenantId, Arc<Decision>)],
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let enforcement = enforcement_for(self.upstream.tenant_binding(), allowed)?;
+        let (query, body) = match (&enforcement, parts.endpoint) {
+            (None, _) => (parts.uri.query().map(str::to_owned), body),
+            (Some(enforcement), Endpoint::Read(route)) => {
+                let rewritten =
+                    rewrite_params(route, enforcement, parts.uri.query(), body, parts.form_body)?;
+                (rewritten.query, rewritten.body)
+            }
+            (Some(enforcement), Endpoint::Push) => {
+                let header_text = |name| {
+                    parts
+                        .headers
+                        .get(name)
+                        .and_then(|value: &http::HeaderValue| value.to_str().ok())
+                };
+                remote_write::check(
+                    &body,
+                    header_text(header::CONTENT_ENCODING),
+                    header_text(header::CONTENT_TYPE),
+                    enforcement,
+                )?;
+                (parts.uri.query().map(str::to_owned), body)
+            }
+        };
+        let tenant_ids: Vec<TenantId> = allowed.iter().map(|(tenant, _)| tenant.clone()).collect();
+        let path = parts.uri.path();
+        let forward = ForwardRequest {
+            method: parts.method,
+            api_path: path.strip_prefix(PROMETHEUS_PREFIX).unwrap_or(path),
+            query: query.as_deref(),
+            headers: parts.headers,
+            body,
+            push: parts.endpoint == Endpoint::Push,
+        };
         let mut answer = self.upstream.forward(forward, &tenant_ids).await?;
-        if let (Some(enforcement), Endpoint::Read(route)) = (&enforcement, endpoint)
+        if let (Some(enforcement), Endpoint::Read(route)) = (&enforcement, parts.endpoint)
             && FILTERED_ROUTES.contains(&route)
             && answer.status.is_success()
         {
@@ -232,7 +266,52 @@ impl Gateway {
                 .narrow_answer(route, &answer.body, enforcement, &tenant_ids)
                 .await?;
         }
-        Ok(respond(answer, &warnings))
+        Ok(answer)
+    }
+
+    /// Reads every tenant on its own, at most `tenants_at_once` at a time, and merges the
+    /// answers; the first failing tenant's answer is relayed instead.
+    async fn fan_out(
+        &self,
+        route: &'static str,
+        parts: &RequestParts<'_>,
+        body: Bytes,
+        allowed: &[(TenantId, Arc<Decision>)],
+        warnings: &[String],
+    ) -> Result<Response, ProxyError> {
+        if parts
+            .uri
+            .path()
+            .ends_with(&format!("/label/{TENANT_LABEL}/values"))
+        {
+            let tenants: Vec<&str> = allowed.iter().map(|(tenant, _)| tenant.as_str()).collect();
+            let answer = serde_json::json!({"status": "success", "data": tenants});
+            return Ok(json_response(Bytes::from(answer.to_string()), warnings));
+        }
+        let mut answers = Vec::with_capacity(allowed.len());
+        for chunk in allowed.chunks(self.tenants_at_once.max(1)) {
+            let calls = chunk.iter().map(|one| {
+                let body = body.clone();
+                async move {
+                    let answer = self
+                        .call_upstream(parts, body, std::slice::from_ref(one))
+                        .await;
+                    (one.0.clone(), answer)
+                }
+            });
+            for (tenant, answer) in futures_util::future::join_all(calls).await {
+                let answer = answer?;
+                if !answer.status.is_success() {
+                    return Ok(respond(answer, warnings));
+                }
+                answers.push((tenant, answer.body));
+            }
+        }
+        let merged = merge::merge(route, &answers).map_err(|error| match error {
+            MergeError::Unexpected(_) => ProxyError::bad_gateway(error.to_string()),
+            MergeError::Unmergeable(_) => ProxyError::unprocessable(error.to_string()),
+        })?;
+        Ok(json_response(merged, warnings))
     }
 
     /// Narrows a metadata, rules or alerts answer to what the filter sets allow. An answer that
@@ -422,8 +501,35 @@ fn read_body_is_form(
     Ok(true)
 }
 
+/// The parts of a client request every upstream call of it reads.
+struct RequestParts<'a> {
+    endpoint: Endpoint,
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    /// Whether the body is a form Prometheus reads parameters from.
+    form_body: bool,
+}
+
+/// A JSON answer made by the proxy, with its warnings.
+fn json_response(body: Bytes, warnings: &[String]) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    respond(
+        UpstreamResponse {
+            status: StatusCode::OK,
+            headers,
+            body,
+        },
+        warnings,
+    )
+}
+
 /// Builds the client's response from the upstream's, adding warnings to a JSON success body.
-fn respond(answer: crate::upstream::UpstreamResponse, warnings: &[String]) -> Response {
+fn respond(answer: UpstreamResponse, warnings: &[String]) -> Response {
     let body = if warnings.is_empty() {
         answer.body
     } else {

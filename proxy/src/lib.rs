@@ -7,6 +7,7 @@ pub mod decision;
 pub mod filter_response;
 pub mod gateway;
 pub mod identity;
+pub mod merge;
 pub mod metrics;
 pub mod promql;
 pub mod remote_write;

@@ -20,6 +20,7 @@ use crate::gateway::{Endpoint, Gateway, IncomingRequest, PROMETHEUS_PREFIX, Part
 use crate::identity::{IdentitySettings, JwksCache, JwtVerifier, KeySource};
 use crate::metrics::ProxyMetrics;
 use crate::respond::ProxyError;
+use crate::rewrite::TenantBinding;
 use crate::upstream::{Upstream, UpstreamSettings};
 
 /// The read endpoints of the Prometheus API the proxy serves, also under `/prometheus`.
@@ -155,6 +156,9 @@ pub async fn run(
     let decider = Decider::new(engine, live, settings.decision_cache_size, metrics.clone());
     let upstream =
         Upstream::new(settings.upstream.clone(), metrics.clone()).map_err(StartError::Setup)?;
+    let fan_out =
+        settings.upstream.tenant_binding == TenantBinding::Mimir && !settings.upstream.federation;
+    let tenants_at_once = settings.upstream.tenants_at_once;
     let gateway = Arc::new(Gateway {
         verifier,
         decider,
@@ -164,6 +168,8 @@ pub async fn run(
         auto_resolve_tenants: settings.auto_resolve_tenants,
         partial_tenants: settings.partial_tenants,
         max_body_bytes: settings.max_body_bytes,
+        fan_out,
+        tenants_at_once,
     });
     let state = AppState {
         gateway,

@@ -67,6 +67,10 @@ pub struct UpstreamSettings {
     pub max_response_bytes: usize,
     /// Upstream calls one process runs at once.
     pub max_concurrency: usize,
+    /// Mimir: one federated request for several tenants; false: one request per tenant, merged.
+    pub federation: bool,
+    /// Tenants of one request read at once when not federating.
+    pub tenants_at_once: usize,
     /// How long a request waits for a free slot before a 503 with `Retry-After`.
     pub queue_timeout: Duration,
 }

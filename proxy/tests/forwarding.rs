@@ -75,6 +75,12 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
             let (parts, body) = request.into_parts();
             let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
             let path = parts.uri.path().to_owned();
+            let scope = parts
+                .headers
+                .get("x-scope-orgid")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
             seen.lock().unwrap().push(Seen {
                 path: path.clone(),
                 query: parts.uri.query().unwrap_or_default().to_owned(),
@@ -92,13 +98,17 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
                 return (
                     http::StatusCode::UNPROCESSABLE_ENTITY,
                     [(http::header::CONTENT_TYPE, "application/json")],
-                    r#"{"status":"error","errorType":"execution","error":"too many samples"}"#,
+                    r#"{"status":"error","errorType":"execution","error":"too many samples"}"#
+                        .to_owned(),
                 );
             }
+            // One series naming the tenants this request was for.
+            let answer = serde_json::json!({"status": "success", "data": {"resultType": "vector",
+                "result": [{"metric": {"__name__": "up", "scope": scope}, "value": [1, "1"]}]}});
             (
                 http::StatusCode::OK,
                 [(http::header::CONTENT_TYPE, "application/json")],
-                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                answer.to_string(),
             )
         }
     });
@@ -109,12 +119,13 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
 }
 
 async fn start(upstream_url: Option<String>) -> Harness {
-    start_with(upstream_url, None).await
+    start_with(upstream_url, None, true).await
 }
 
 async fn start_with(
     upstream_url: Option<String>,
     remote_opa: Option<RemoteOpaSettings>,
+    federation: bool,
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let signer = DevSigner::load_or_create(dir.path()).unwrap();
@@ -157,6 +168,8 @@ async fn start_with(
             timeout: Duration::from_secs(5),
             max_response_bytes: 1024 * 1024,
             max_concurrency: 2,
+            federation,
+            tenants_at_once: 4,
             queue_timeout: Duration::from_millis(300),
         },
         max_tenants: 32,
@@ -426,7 +439,7 @@ async fn a_remote_opa_decides_and_its_failure_never_allows() {
         timeout: Duration::from_secs(5),
         insecure_skip_verify: false,
     };
-    let harness = start_with(None, Some(remote)).await;
+    let harness = start_with(None, Some(remote), true).await;
     let client = reqwest::Client::new();
     let ask = |token: String, scope: Option<&'static str>| {
         let mut request = client
@@ -495,4 +508,59 @@ async fn a_full_upstream_limit_answers_503_with_retry_after() {
         metrics.contains("heimdall_fanout_active_goroutines 0"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn without_federation_each_tenant_is_read_alone_and_the_answers_merged() {
+    let harness = start_with(None, None, false).await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/query?query=up", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "globex|acme")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = body_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    let series: Vec<(String, String)> = body["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let metric = &series["metric"];
+            (
+                metric["__tenant_id__"].as_str().unwrap().to_owned(),
+                metric["scope"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    // Each tenant's series came from a request for that tenant alone, sorted by labels.
+    assert_eq!(
+        series,
+        [
+            ("acme".to_owned(), "acme".to_owned()),
+            ("globex".to_owned(), "globex".to_owned())
+        ]
+    );
+    let scopes: Vec<String> = harness
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|seen| seen.headers["x-scope-orgid"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(scopes.len(), 2);
+    assert!(
+        scopes.iter().all(|scope| !scope.contains('|')),
+        "{scopes:?}"
+    );
+    // A failing tenant's error is relayed, not merged away.
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/query_range?query=up", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "globex|acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
 }

@@ -23,6 +23,9 @@ pub struct RawMimir {
     pub kind: String,
     /// The tenant label of a `label` upstream.
     pub tenant_label: String,
+    /// mimir: one federated request for several tenants (Mimir's tenant federation); false:
+    /// one request per tenant, merged by the proxy with each series labelled `__tenant_id__`.
+    pub federation: bool,
     /// Prefix of the Prometheus API on the upstream: `/prometheus` for Mimir, empty for a
     /// Prometheus server.
     pub api_prefix: String,
@@ -54,6 +57,7 @@ impl Default for RawMimir {
             url: "http://127.0.0.1:8080".to_owned(),
             kind: "mimir".to_owned(),
             tenant_label: "tenant".to_owned(),
+            federation: true,
             api_prefix: "/prometheus".to_owned(),
             push_path: "/api/v1/push".to_owned(),
             insecure_skip_verify: false,
@@ -183,6 +187,8 @@ impl Default for RawOpa {
 pub struct RawFanout {
     /// Upstream requests one proxy process runs at once.
     pub max_concurrency: u64,
+    /// Tenants of one request read at once when `mimir.federation` is false.
+    pub tenants_per_request: u64,
     /// How long a request waits for a free slot before a 503 with `Retry-After`.
     pub queue_timeout_seconds: u64,
 }
@@ -191,6 +197,7 @@ impl Default for RawFanout {
     fn default() -> Self {
         Self {
             max_concurrency: 64,
+            tenants_per_request: 8,
             queue_timeout_seconds: 5,
         }
     }
@@ -321,12 +328,7 @@ pub fn validate(
     opa: &RawOpa,
     proxy: &RawProxy,
 ) -> anyhow::Result<ProxyConfig> {
-    let mut upstream = validate_upstream(mimir)?;
-    if fanout.max_concurrency == 0 || fanout.max_concurrency > 1_000_000 {
-        bail!("config key fanout.max_concurrency: must be between 1 and 1000000");
-    }
-    upstream.max_concurrency = to_usize(fanout.max_concurrency);
-    upstream.queue_timeout = Duration::from_secs(fanout.queue_timeout_seconds);
+    let upstream = validate_upstream(mimir, fanout)?;
     let jwt = validate_jwt(jwt)?;
     let remote_opa = match opa.url.trim() {
         "" => None,
@@ -367,7 +369,13 @@ pub fn validate(
     })
 }
 
-fn validate_upstream(mimir: &RawMimir) -> anyhow::Result<UpstreamSettings> {
+fn validate_upstream(mimir: &RawMimir, fanout: &RawFanout) -> anyhow::Result<UpstreamSettings> {
+    if fanout.max_concurrency == 0 || fanout.max_concurrency > 1_000_000 {
+        bail!("config key fanout.max_concurrency: must be between 1 and 1000000");
+    }
+    if fanout.tenants_per_request == 0 {
+        bail!("config key fanout.tenants_per_request: must be at least 1");
+    }
     let url = http_url("mimir.url", mimir.url.trim())?;
     let path_key = |key: &str, path: &str| -> anyhow::Result<String> {
         let path = path.trim().trim_end_matches('/');
@@ -411,8 +419,10 @@ fn validate_upstream(mimir: &RawMimir) -> anyhow::Result<UpstreamSettings> {
         insecure_skip_verify: mimir.insecure_skip_verify,
         timeout: positive_seconds("mimir.timeout_seconds", mimir.timeout_seconds)?,
         max_response_bytes: to_usize(mimir.max_response_bytes),
-        max_concurrency: RawFanout::default().max_concurrency as usize,
-        queue_timeout: Duration::from_secs(RawFanout::default().queue_timeout_seconds),
+        federation: mimir.federation,
+        tenants_at_once: to_usize(fanout.tenants_per_request),
+        max_concurrency: to_usize(fanout.max_concurrency),
+        queue_timeout: Duration::from_secs(fanout.queue_timeout_seconds),
     })
 }
 
