@@ -26,6 +26,7 @@ pub enum Action {
     Read,
     Write,
     RulesRead,
+    RulesWrite,
     AlertsRead,
 }
 
@@ -35,6 +36,7 @@ impl Action {
             Self::Read => "read",
             Self::Write => "write",
             Self::RulesRead => "rules:read",
+            Self::RulesWrite => "rules:write",
             Self::AlertsRead => "alerts:read",
         }
     }

@@ -21,6 +21,7 @@ use crate::promql::TENANT_LABEL;
 use crate::remote_write;
 use crate::respond::ProxyError;
 use crate::rewrite::{TenantBinding, enforcement_for, rewrite_params};
+use crate::ruler;
 use crate::tenants::{SCOPE_HEADER, parse_scope};
 use crate::upstream::{ForwardRequest, Upstream, UpstreamResponse};
 
@@ -66,12 +67,14 @@ pub enum Endpoint {
     Read(&'static str),
     /// Remote write.
     Push,
+    /// Mimir's ruler configuration API; `write` for POST and DELETE.
+    Ruler { route: &'static str, write: bool },
 }
 
 impl Endpoint {
     fn label(self) -> &'static str {
         match self {
-            Self::Read(route) => route,
+            Self::Read(route) | Self::Ruler { route, .. } => route,
             Self::Push => "/api/v1/push",
         }
     }
@@ -82,6 +85,8 @@ impl Endpoint {
             Self::Read("/api/v1/alerts") => Action::AlertsRead,
             Self::Read(_) => Action::Read,
             Self::Push => Action::Write,
+            Self::Ruler { write: false, .. } => Action::RulesRead,
+            Self::Ruler { write: true, .. } => Action::RulesWrite,
         }
     }
 }
@@ -167,12 +172,13 @@ impl Gateway {
         let tenants = self
             .requested_tenants(&identity, action, &request.headers)
             .await?;
-        let (allowed, warnings) = self.decide_all(&identity, action, &tenants).await?;
-        if action == Action::Write && allowed.len() != 1 {
-            return Err(ProxyError::bad_request(
-                "remote write goes to exactly one tenant: name one in X-Scope-OrgID",
-            ));
+        if matches!(endpoint, Endpoint::Push | Endpoint::Ruler { .. }) && tenants.len() != 1 {
+            return Err(ProxyError::bad_request(format!(
+                "{} takes exactly one tenant: name one in X-Scope-OrgID",
+                endpoint.label()
+            )));
         }
+        let (allowed, warnings) = self.decide_all(&identity, action, &tenants).await?;
         let body = axum::body::to_bytes(request.body, self.max_body_bytes)
             .await
             .map_err(|_| {
@@ -181,16 +187,18 @@ impl Gateway {
                     self.max_body_bytes
                 ))
             })?;
-        if endpoint == Endpoint::Read("/api/v1/rules")
-            && matches!(self.upstream.tenant_binding(), TenantBinding::Label(_))
-        {
+        let rules = matches!(
+            endpoint,
+            Endpoint::Read("/api/v1/rules") | Endpoint::Ruler { .. }
+        );
+        if rules && matches!(self.upstream.tenant_binding(), TenantBinding::Label(_)) {
             return Err(ProxyError::forbidden(
                 "rules of a store shared by tenants belong to no one tenant; they are not served",
             ));
         }
         let form_body = match endpoint {
             Endpoint::Read(_) => read_body_is_form(&request.method, &request.headers, &body)?,
-            Endpoint::Push => false,
+            Endpoint::Push | Endpoint::Ruler { .. } => false,
         };
         let parts = RequestParts {
             endpoint,
@@ -246,6 +254,13 @@ impl Gateway {
                 )?;
                 (parts.uri.query().map(str::to_owned), body)
             }
+            (Some(enforcement), Endpoint::Ruler { write: true, .. })
+                if *parts.method == Method::POST =>
+            {
+                let enforced = ruler::enforce_rule_group(&body, enforcement)?;
+                (parts.uri.query().map(str::to_owned), enforced)
+            }
+            (Some(_), Endpoint::Ruler { .. }) => (parts.uri.query().map(str::to_owned), body),
         };
         let tenant_ids: Vec<TenantId> = allowed.iter().map(|(tenant, _)| tenant.clone()).collect();
         let path = parts.uri.path();
@@ -375,7 +390,7 @@ impl Gateway {
         if let Some(tenants) = parse_scope(headers.get(SCOPE_HEADER), self.max_tenants)? {
             return Ok(tenants);
         }
-        if action == Action::Write {
+        if matches!(action, Action::Write | Action::RulesWrite) {
             return Err(ProxyError::bad_request(
                 "X-Scope-OrgID is required for writes",
             ));

@@ -13,6 +13,7 @@ pub mod promql;
 pub mod remote_write;
 pub mod respond;
 pub mod rewrite;
+pub mod ruler;
 pub mod server;
 pub mod tenants;
 pub mod upstream;

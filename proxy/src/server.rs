@@ -38,6 +38,12 @@ const READ_ROUTES: &[&str] = &[
     "/api/v1/format_query",
 ];
 const PUSH_ROUTE: &str = "/api/v1/push";
+/// Mimir's ruler configuration API.
+const RULER_ROUTES: &[&str] = &[
+    "/prometheus/config/v1/rules",
+    "/prometheus/config/v1/rules/{namespace}",
+    "/prometheus/config/v1/rules/{namespace}/{group}",
+];
 /// Where the development key set is served.
 const DEV_JWKS_ROUTE: &str = "/.well-known/jwks.json";
 
@@ -210,6 +216,18 @@ fn api_router(state: AppState) -> Router {
             serve_endpoint(state, Endpoint::Push, request)
         };
         router = router.route(&format!("{prefix}{PUSH_ROUTE}"), post(push));
+    }
+    for route in RULER_ROUTES {
+        let read = move |State(state): State<AppState>, request: Request| {
+            let write = request.method() != http::Method::GET;
+            serve_endpoint(state, Endpoint::Ruler { route, write }, request)
+        };
+        let methods = match *route {
+            "/prometheus/config/v1/rules" => get(read),
+            "/prometheus/config/v1/rules/{namespace}" => get(read).post(read).delete(read),
+            _ => get(read).delete(read),
+        };
+        router = router.route(route, methods);
     }
     if state.jwks.is_some() {
         router = router.route(DEV_JWKS_ROUTE, get(serve_jwks));

@@ -43,7 +43,10 @@ const POLICIES_V1: &str = r#"[
   {"name": "alice-reads", "effect": "allow", "subjects": [{"type": "user", "id": "alice"}],
    "actions": ["read"], "scope": {"tenants": ["acme", "globex"], "resources": ["metrics"]}},
   {"name": "alice-writes-acme", "effect": "allow", "subjects": [{"type": "user", "id": "alice"}],
-   "actions": ["write"], "scope": {"tenants": ["acme"], "resources": ["metrics"]}}
+   "actions": ["write"], "scope": {"tenants": ["acme"], "resources": ["metrics"]}},
+  {"name": "alice-rules-prod", "effect": "allow", "subjects": [{"type": "user", "id": "alice"}],
+   "actions": ["rules:read", "rules:write"],
+   "scope": {"tenants": ["acme"], "resources": ["metrics"]}, "filters": ["env=\"prod\""]}
 ]"#;
 
 const POLICIES_V2: &str = r#"[
@@ -331,10 +334,7 @@ async fn writes_need_one_writable_tenant_and_keep_their_encoding() {
     let (status, body) = body_json(push("globex", b"x".to_vec()).await.unwrap()).await;
     assert_eq!(status, 403, "{body}");
     let (status, _) = body_json(push("acme|globex", b"x".to_vec()).await.unwrap()).await;
-    assert_eq!(
-        status, 403,
-        "a write naming an unwritable tenant is refused whole"
-    );
+    assert_eq!(status, 400, "a write goes to one tenant");
     let (status, body) = body_json(push("acme", vec![b'x'; 4096]).await.unwrap()).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["status"], "error");
@@ -563,4 +563,43 @@ async fn without_federation_each_tenant_is_read_alone_and_the_answers_merged() {
         .await
         .unwrap();
     assert_eq!(response.status(), 422);
+}
+
+#[tokio::test]
+async fn rule_groups_are_stored_only_with_enforced_expressions() {
+    let harness = start(None).await;
+    let client = reqwest::Client::new();
+    let group = "name: api\nrules:\n  - alert: Down\n    expr: up == 0\n    for: 5m\n";
+    let response = client
+        .post(format!("{}/prometheus/config/v1/rules/team", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "acme")
+        .header("Content-Type", "application/yaml")
+        .body(group)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = harness.last_seen();
+    assert_eq!(seen.path, "/prometheus/config/v1/rules/team");
+    let stored: serde_yaml::Value = serde_yaml::from_slice(&seen.body).unwrap();
+    assert_eq!(stored["rules"][0]["expr"], "up{env=\"prod\"} == 0");
+    // A rule whose expression has no exact enforced form is refused, as is a second tenant.
+    let refused = client
+        .post(format!("{}/prometheus/config/v1/rules/team", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "acme")
+        .body("name: api\nrules:\n  - record: r\n    expr: sum(\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let two = client
+        .get(format!("{}/prometheus/config/v1/rules", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "acme|globex")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two.status(), 400, "the ruler API takes one tenant");
 }
