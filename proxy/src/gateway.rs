@@ -20,10 +20,12 @@ use crate::promql::Enforcement;
 use crate::promql::TENANT_LABEL;
 use crate::remote_write;
 use crate::respond::ProxyError;
+use crate::rewrite::SERIES_FREE_ROUTES;
 use crate::rewrite::{TenantBinding, enforcement_for, rewrite_params};
 use crate::ruler;
 use crate::tenants::{SCOPE_HEADER, parse_scope};
 use crate::upstream::{ForwardRequest, Upstream, UpstreamResponse};
+use futures_util::StreamExt;
 
 /// Mimir's path prefix for the Prometheus API.
 pub const PROMETHEUS_PREFIX: &str = "/prometheus";
@@ -303,24 +305,41 @@ impl Gateway {
             let answer = serde_json::json!({"status": "success", "data": tenants});
             return Ok(json_response(Bytes::from(answer.to_string()), warnings));
         }
-        let mut answers = Vec::with_capacity(allowed.len());
-        for chunk in allowed.chunks(self.tenants_at_once.max(1)) {
-            let calls = chunk.iter().map(|one| {
-                let body = body.clone();
-                async move {
-                    let answer = self
-                        .call_upstream(parts, body, std::slice::from_ref(one))
-                        .await;
-                    (one.0.clone(), answer)
-                }
+        // Series-free endpoints answer the same for every tenant: one call is enough.
+        let callees = if SERIES_FREE_ROUTES.contains(&route) {
+            &allowed[..1]
+        } else {
+            allowed
+        };
+        // Collected first: a stream over a borrowing closure would make this future's type
+        // depend on a closure lifetime the router cannot name.
+        let mut calls = Vec::with_capacity(callees.len());
+        for one in callees {
+            let body = body.clone();
+            calls.push(async move {
+                let answer = self
+                    .call_upstream(parts, body, std::slice::from_ref(one))
+                    .await;
+                (one.0.clone(), answer)
             });
-            for (tenant, answer) in futures_util::future::join_all(calls).await {
-                let answer = answer?;
-                if !answer.status.is_success() {
-                    return Ok(respond(answer, warnings));
-                }
-                answers.push((tenant, answer.body));
+        }
+        let mut results = futures_util::stream::iter(calls).buffered(self.tenants_at_once.max(1));
+        let mut answers = Vec::with_capacity(callees.len());
+        let mut total_bytes = 0_usize;
+        while let Some((tenant, answer)) = results.next().await {
+            let answer = answer?;
+            if !answer.status.is_success() {
+                return Ok(respond(answer, warnings));
             }
+            // One budget for all tenants, so a merged answer stays within the limit too.
+            total_bytes += answer.body.len();
+            if total_bytes > self.upstream.max_response_bytes() {
+                return Err(ProxyError::bad_gateway(format!(
+                    "the tenants' answers together exceed {} bytes",
+                    self.upstream.max_response_bytes()
+                )));
+            }
+            answers.push((tenant, answer.body));
         }
         let merged = merge::merge(route, &answers).map_err(|error| match error {
             MergeError::Unexpected(_) => ProxyError::bad_gateway(error.to_string()),

@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::promql::TENANT_LABEL;
 
+/// Where a series' own `__tenant_id__` goes when the merge sets its tenant.
+const ORIGINAL_TENANT_LABEL: &str = "original___tenant_id__";
+
 /// Why answers could not be merged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
@@ -40,11 +43,14 @@ pub fn merge(route: &str, answers: &[(TenantId, Bytes)]) -> Result<Bytes, MergeE
         })?,
         "/api/v1/series" => merge_list(&envelopes, |tenant, item| {
             if let Value::Object(labels) = item {
-                labels.insert(TENANT_LABEL.to_owned(), Value::String(tenant.to_owned()));
+                set_tenant(labels, tenant);
             }
         })?,
         "/api/v1/labels" => {
             let mut names = merge_strings(&envelopes)?;
+            if names.contains(TENANT_LABEL) {
+                names.insert(ORIGINAL_TENANT_LABEL.to_owned());
+            }
             names.insert(TENANT_LABEL.to_owned());
             Value::Array(names.into_iter().map(Value::String).collect())
         }
@@ -82,7 +88,15 @@ pub fn merge(route: &str, answers: &[(TenantId, Bytes)]) -> Result<Bytes, MergeE
     merged.insert("status".to_owned(), Value::String("success".to_owned()));
     merged.insert("data".to_owned(), data);
     for key in ["warnings", "infos"] {
-        let notes = union_of_strings(envelopes.iter().filter_map(|(_, e)| e.get(key)));
+        // Each note names the tenant whose answer carried it.
+        let notes: BTreeSet<String> = envelopes
+            .iter()
+            .flat_map(|(tenant, envelope)| {
+                union_of_strings(envelope.get(key).into_iter())
+                    .into_iter()
+                    .map(move |note| format!("tenant {tenant}: {note}"))
+            })
+            .collect();
         if !notes.is_empty() {
             merged.insert(
                 key.to_owned(),
@@ -228,10 +242,18 @@ fn union_of_strings<'a>(lists: impl Iterator<Item = &'a Value>) -> BTreeSet<Stri
         .collect()
 }
 
-/// Sets `__tenant_id__` in the label object at `key` of `item`.
+/// Sets `__tenant_id__` in the label object at `key` of `item`; a value the series already had
+/// moves to `original___tenant_id__`, as Mimir's federation does.
 fn label(item: &mut Value, key: &str, tenant: &str) {
     if let Some(Value::Object(labels)) = item.get_mut(key) {
-        labels.insert(TENANT_LABEL.to_owned(), Value::String(tenant.to_owned()));
+        set_tenant(labels, tenant);
+    }
+}
+
+fn set_tenant(labels: &mut Map<String, Value>, tenant: &str) {
+    if let Some(original) = labels.insert(TENANT_LABEL.to_owned(), Value::String(tenant.to_owned()))
+    {
+        labels.insert(ORIGINAL_TENANT_LABEL.to_owned(), original);
     }
 }
 
@@ -291,7 +313,10 @@ mod tests {
             .map(|series| series["metric"][TENANT_LABEL].as_str().unwrap())
             .collect();
         assert_eq!(tenants, ["acme", "globex", "globex"]);
-        assert_eq!(value["warnings"], serde_json::json!(["w1"]));
+        assert_eq!(
+            value["warnings"],
+            serde_json::json!(["tenant acme: w1", "tenant globex: w1"])
+        );
     }
 
     #[test]
@@ -308,6 +333,17 @@ mod tests {
             merge("/api/v1/series", &broken),
             Err(MergeError::Unexpected(_))
         ));
+    }
+
+    #[test]
+    fn a_tenant_label_the_series_had_is_kept_aside() {
+        let series = body(serde_json::json!({"status": "success",
+            "data": [{"__name__": "up", "__tenant_id__": "x"}]}));
+        let merged: Value =
+            serde_json::from_slice(&merge("/api/v1/series", &[(tenant("acme"), series)]).unwrap())
+                .unwrap();
+        assert_eq!(merged["data"][0]["__tenant_id__"], "acme");
+        assert_eq!(merged["data"][0]["original___tenant_id__"], "x");
     }
 
     #[test]

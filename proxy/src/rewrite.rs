@@ -25,7 +25,7 @@ const SERIES_ROUTES: &[&str] = &[
     "/api/v1/label/{name}/values",
 ];
 /// Endpoints that read no series.
-const SERIES_FREE_ROUTES: &[&str] = &["/api/v1/format_query", "/api/v1/status/buildinfo"];
+pub const SERIES_FREE_ROUTES: &[&str] = &["/api/v1/format_query", "/api/v1/status/buildinfo"];
 
 /// How the upstream separates tenants.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -117,6 +117,11 @@ impl Upstream {
         })
     }
 
+    /// Returns the most one answer (or the answers of one request together) may weigh.
+    pub fn max_response_bytes(&self) -> usize {
+        self.settings.max_response_bytes
+    }
+
     /// Returns how the upstream separates tenants.
     pub fn tenant_binding(&self) -> &TenantBinding {
         &self.settings.tenant_binding

@@ -172,7 +172,7 @@ async fn start_with(
             max_response_bytes: 1024 * 1024,
             max_concurrency: 2,
             federation,
-            tenants_at_once: 4,
+            tenants_at_once: 2,
             queue_timeout: Duration::from_millis(300),
         },
         max_tenants: 32,

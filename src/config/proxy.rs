@@ -373,8 +373,10 @@ fn validate_upstream(mimir: &RawMimir, fanout: &RawFanout) -> anyhow::Result<Ups
     if fanout.max_concurrency == 0 || fanout.max_concurrency > 1_000_000 {
         bail!("config key fanout.max_concurrency: must be between 1 and 1000000");
     }
-    if fanout.tenants_per_request == 0 {
-        bail!("config key fanout.tenants_per_request: must be at least 1");
+    if fanout.tenants_per_request == 0 || fanout.tenants_per_request > fanout.max_concurrency {
+        bail!(
+            "config key fanout.tenants_per_request: must be between 1 and fanout.max_concurrency"
+        );
     }
     let url = http_url("mimir.url", mimir.url.trim())?;
     let path_key = |key: &str, path: &str| -> anyhow::Result<String> {
