@@ -237,7 +237,7 @@ impl Upstream {
 }
 
 /// Returns an error with its causes, which name what actually failed (refused, reset, DNS).
-fn error_chain(error: &reqwest::Error) -> String {
+pub(crate) fn error_chain(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

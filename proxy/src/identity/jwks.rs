@@ -10,6 +10,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::metrics::ProxyMetrics;
+use crate::upstream::error_chain;
 
 /// The most a JWKS document may weigh.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -249,7 +250,7 @@ impl JwksCache {
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|error| JwksError(format!("{url}: {}", without_url(&error))))?;
+            .map_err(|error| JwksError(format!("{url}: {}", error_chain(&error.without_url()))))?;
         if !response.status().is_success() {
             return Err(JwksError(format!("{url}: status {}", response.status())));
         }
@@ -257,7 +258,7 @@ impl JwksCache {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|error| JwksError(format!("{url}: {}", without_url(&error))))?
+            .map_err(|error| JwksError(format!("{url}: {}", error_chain(&error.without_url()))))?
         {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
                 return Err(JwksError(format!(
@@ -285,18 +286,4 @@ pub fn parse_jwks(body: &[u8]) -> Result<JwkSet, String> {
         .filter_map(|key| serde_json::from_value::<Jwk>(key).ok())
         .collect();
     Ok(JwkSet { keys })
-}
-
-fn without_url(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(url.as_str(), "").replace(" ()", "");
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
