@@ -157,18 +157,7 @@ fn merge_list(
     envelopes: &[(&str, Map<String, Value>)],
     adjust: impl Fn(&str, &mut Value),
 ) -> Result<Value, MergeError> {
-    let mut items = Vec::new();
-    for (tenant, envelope) in envelopes {
-        let list = envelope
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| MergeError::Unexpected((*tenant).to_owned()))?;
-        for item in list {
-            let mut item = item.clone();
-            adjust(tenant, &mut item);
-            items.push(item);
-        }
-    }
+    let mut items = collect_items(envelopes, None, adjust)?;
     sort_by_text(&mut items);
     items.dedup();
     Ok(Value::Array(items))
@@ -180,14 +169,27 @@ fn merge_nested_list(
     key: &str,
     adjust: impl Fn(&str, &mut Value),
 ) -> Result<Vec<Value>, MergeError> {
+    collect_items(envelopes, Some(key), adjust)
+}
+
+fn merge_strings(envelopes: &[(&str, Map<String, Value>)]) -> Result<BTreeSet<String>, MergeError> {
+    let mut strings = BTreeSet::new();
+    for (tenant, envelope) in envelopes {
+        let list = data_list(envelope, None, tenant)?;
+        strings.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+    }
+    Ok(strings)
+}
+
+/// The items of every tenant's `data` (or `data.<key>`) array, each adjusted, in tenant order.
+fn collect_items(
+    envelopes: &[(&str, Map<String, Value>)],
+    key: Option<&str>,
+    adjust: impl Fn(&str, &mut Value),
+) -> Result<Vec<Value>, MergeError> {
     let mut items = Vec::new();
     for (tenant, envelope) in envelopes {
-        let list = envelope
-            .get("data")
-            .and_then(|data| data.get(key))
-            .and_then(Value::as_array)
-            .ok_or_else(|| MergeError::Unexpected((*tenant).to_owned()))?;
-        for item in list {
+        for item in data_list(envelope, key, tenant)? {
             let mut item = item.clone();
             adjust(tenant, &mut item);
             items.push(item);
@@ -196,16 +198,19 @@ fn merge_nested_list(
     Ok(items)
 }
 
-fn merge_strings(envelopes: &[(&str, Map<String, Value>)]) -> Result<BTreeSet<String>, MergeError> {
-    let mut strings = BTreeSet::new();
-    for (tenant, envelope) in envelopes {
-        let list = envelope
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| MergeError::Unexpected((*tenant).to_owned()))?;
-        strings.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
-    }
-    Ok(strings)
+/// Returns the array at `data` (or `data.<key>`) of one tenant's answer.
+fn data_list<'a>(
+    envelope: &'a Map<String, Value>,
+    key: Option<&str>,
+    tenant: &str,
+) -> Result<&'a Vec<Value>, MergeError> {
+    let data = envelope.get("data");
+    let list = match key {
+        Some(key) => data.and_then(|data| data.get(key)),
+        None => data,
+    };
+    list.and_then(Value::as_array)
+        .ok_or_else(|| MergeError::Unexpected(tenant.to_owned()))
 }
 
 /// Metadata by metric name; the entries of several tenants are unioned.

@@ -212,6 +212,14 @@ impl Harness {
         self.token_of("alice")
     }
 
+    /// A GET through the proxy as alice, for the tenants in `scope`.
+    fn get(&self, path: &str, scope: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.proxy))
+            .bearer_auth(self.token())
+            .header("X-Scope-OrgID", scope)
+    }
+
     fn token_of(&self, user: &str) -> String {
         self.signer
             .mint(user, &[], Duration::from_secs(600))
@@ -266,10 +274,8 @@ async fn only_the_proxys_own_tenant_header_and_credentials_go_upstream() {
     assert!(seen.headers.get("x-prom-label-policy").is_none());
 
     // A client's own label policy is refused, not dropped silently.
-    let response = client
-        .get(format!("{}/api/v1/query?query=up", harness.proxy))
-        .bearer_auth(harness.token())
-        .header("X-Scope-OrgID", "acme")
+    let response = harness
+        .get("/api/v1/query?query=up", "acme")
         .header("X-Prom-Label-Policy", "acme:env=\"prod\"")
         .send()
         .await
@@ -282,11 +288,8 @@ async fn only_the_proxys_own_tenant_header_and_credentials_go_upstream() {
 #[tokio::test]
 async fn upstream_errors_are_relayed_and_an_unreachable_upstream_is_a_502() {
     let harness = start(None).await;
-    let client = reqwest::Client::new();
-    let response = client
-        .get(format!("{}/prometheus/api/v1/query_range", harness.proxy))
-        .bearer_auth(harness.token())
-        .header("X-Scope-OrgID", "acme")
+    let response = harness
+        .get("/prometheus/api/v1/query_range", "acme")
         .send()
         .await
         .unwrap();
@@ -296,13 +299,7 @@ async fn upstream_errors_are_relayed_and_an_unreachable_upstream_is_a_502() {
 
     let closed = format!("http://{}", free_addr());
     let harness = start(Some(closed)).await;
-    let response = client
-        .get(format!("{}/api/v1/labels", harness.proxy))
-        .bearer_auth(harness.token())
-        .header("X-Scope-OrgID", "acme")
-        .send()
-        .await
-        .unwrap();
+    let response = harness.get("/api/v1/labels", "acme").send().await.unwrap();
     let (status, body) = body_json(response).await;
     assert_eq!(status, 502);
     assert_eq!(body["status"], "error");
@@ -343,14 +340,7 @@ async fn writes_need_one_writable_tenant_and_keep_their_encoding() {
 #[tokio::test]
 async fn a_new_bundle_is_swapped_in_and_an_older_one_never_replaces_it() {
     let harness = start(None).await;
-    let client = reqwest::Client::new();
-    let ask = || {
-        client
-            .get(format!("{}/api/v1/query?query=up", harness.proxy))
-            .bearer_auth(harness.token())
-            .header("X-Scope-OrgID", "acme")
-            .send()
-    };
+    let ask = || harness.get("/api/v1/query?query=up", "acme").send();
     assert_eq!(ask().await.unwrap().status(), 200);
     harness.publish(build_bundle(2, POLICIES_V2), 2);
     let mut status = 0;
@@ -476,14 +466,7 @@ async fn a_remote_opa_decides_and_its_failure_never_allows() {
 #[tokio::test]
 async fn a_full_upstream_limit_answers_503_with_retry_after() {
     let harness = start(None).await;
-    let client = reqwest::Client::new();
-    let ask = || {
-        client
-            .get(format!("{}/api/v1/query?query=slow", harness.proxy))
-            .bearer_auth(harness.token())
-            .header("X-Scope-OrgID", "acme")
-            .send()
-    };
+    let ask = || harness.get("/api/v1/query?query=slow", "acme").send();
     // Two slots: the third request waits 300 ms for one, then gets 503.
     let (first, second, third) = tokio::join!(ask(), ask(), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -513,10 +496,8 @@ async fn a_full_upstream_limit_answers_503_with_retry_after() {
 #[tokio::test]
 async fn without_federation_each_tenant_is_read_alone_and_the_answers_merged() {
     let harness = start_with(None, None, false).await;
-    let response = reqwest::Client::new()
-        .get(format!("{}/api/v1/query?query=up", harness.proxy))
-        .bearer_auth(harness.token())
-        .header("X-Scope-OrgID", "globex|acme")
+    let response = harness
+        .get("/api/v1/query?query=up", "globex|acme")
         .send()
         .await
         .unwrap();
@@ -555,10 +536,8 @@ async fn without_federation_each_tenant_is_read_alone_and_the_answers_merged() {
         "{scopes:?}"
     );
     // A failing tenant's error is relayed, not merged away.
-    let response = reqwest::Client::new()
-        .get(format!("{}/api/v1/query_range?query=up", harness.proxy))
-        .bearer_auth(harness.token())
-        .header("X-Scope-OrgID", "globex|acme")
+    let response = harness
+        .get("/api/v1/query_range?query=up", "globex|acme")
         .send()
         .await
         .unwrap();
@@ -594,10 +573,8 @@ async fn rule_groups_are_stored_only_with_enforced_expressions() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 400);
-    let two = client
-        .get(format!("{}/prometheus/config/v1/rules", harness.proxy))
-        .bearer_auth(harness.token())
-        .header("X-Scope-OrgID", "acme|globex")
+    let two = harness
+        .get("/prometheus/config/v1/rules", "acme|globex")
         .send()
         .await
         .unwrap();
