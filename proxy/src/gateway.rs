@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use crate::decision::{Action, Decider};
 use crate::filter_response::{self, FILTERED_ROUTES};
 use crate::identity::{Identity, JwtVerifier};
+use crate::label_policy::{self, LABEL_POLICY_HEADER};
 use crate::merge::{self, MergeError};
 use crate::metrics::ProxyMetrics;
 use crate::promql::Enforcement;
@@ -30,7 +31,6 @@ use futures_util::StreamExt;
 /// Mimir's path prefix for the Prometheus API.
 pub const PROMETHEUS_PREFIX: &str = "/prometheus";
 /// Mimir's label-based access control header.
-const LABEL_POLICY_HEADER: &str = "x-prom-label-policy";
 /// The largest form body Prometheus (Go's `ParseForm`) reads; a larger one it drops whole.
 const MAX_FORM_BYTES: usize = 10 * 1024 * 1024;
 /// The most all request headers together may weigh.
@@ -233,7 +233,17 @@ impl Gateway {
         body: Bytes,
         allowed: &[(TenantId, Arc<Decision>)],
     ) -> Result<UpstreamResponse, ProxyError> {
-        let enforcement = enforcement_for(self.upstream.tenant_binding(), allowed)?;
+        let left_to_mimir = self.upstream.label_policy()
+            && matches!(parts.endpoint, Endpoint::Read(route) if label_policy::enforced_upstream(route));
+        // Mimir enforces the label policies it is sent: the parameters go as they are.
+        let (enforcement, label_policies) = if left_to_mimir {
+            (None, label_policy::header_values(allowed)?)
+        } else {
+            (
+                enforcement_for(self.upstream.tenant_binding(), allowed)?,
+                Vec::new(),
+            )
+        };
         let (query, body) = match (&enforcement, parts.endpoint) {
             (None, _) => (parts.uri.query().map(str::to_owned), body),
             (Some(enforcement), Endpoint::Read(route)) => {
@@ -273,6 +283,7 @@ impl Gateway {
             headers: parts.headers,
             body,
             push: parts.endpoint == Endpoint::Push,
+            label_policies,
         };
         let mut answer = self.upstream.forward(forward, &tenant_ids).await?;
         if let (Some(enforcement), Endpoint::Read(route)) = (&enforcement, parts.endpoint)
@@ -386,6 +397,7 @@ impl Gateway {
             headers: &headers,
             body: Bytes::new(),
             push: false,
+            label_policies: Vec::new(),
         };
         let answer = self.upstream.forward(request, tenants).await?;
         if !answer.status.is_success() {

@@ -46,6 +46,10 @@ pub struct IdentitySettings {
     pub min_refresh_interval: Duration,
     /// How many verified tokens are remembered until they expire.
     pub token_cache_size: usize,
+    /// Also takes the token from the password of `Authorization: Basic`, for clients that can
+    /// only send basic credentials (promtool before 2.43, URL userinfo). The user name is
+    /// ignored: the token alone says who is asking.
+    pub accept_basic_password: bool,
 }
 
 /// Never prints the HMAC secret.
@@ -121,8 +125,8 @@ impl JwtVerifier {
         &self,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Arc<Identity>, ProxyError> {
-        let result = match bearer_token(authorization) {
-            Ok(token) => self.verify(token).await,
+        let result = match presented_token(authorization, self.settings.accept_basic_password) {
+            Ok(token) => self.verify(&token).await,
             Err(rejection) => Err(rejection),
         };
         result.map_err(|rejection| {
@@ -352,7 +356,12 @@ impl Rejection {
     }
 }
 
-fn bearer_token(authorization: Option<&http::HeaderValue>) -> Result<&str, Rejection> {
+/// Reads the token from `Authorization: Bearer <token>`, or from the password of
+/// `Authorization: Basic` when `accept_basic` is on.
+fn presented_token(
+    authorization: Option<&http::HeaderValue>,
+    accept_basic: bool,
+) -> Result<String, Rejection> {
     let Some(value) = authorization else {
         return Err(Rejection::new(
             "missing",
@@ -365,14 +374,46 @@ fn bearer_token(authorization: Option<&http::HeaderValue>) -> Result<&str, Rejec
             "Authorization header is not printable ASCII".to_owned(),
         )
     })?;
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(Rejection::new(
-            "malformed",
-            "Authorization header is not a Bearer token".to_owned(),
-        ));
+    let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty() {
+        return Ok(credentials.to_owned());
     }
-    Ok(token.trim())
+    if accept_basic && scheme.eq_ignore_ascii_case("basic") {
+        return basic_password(credentials);
+    }
+    let expected = if accept_basic {
+        "a Bearer token or Basic credentials"
+    } else {
+        "a Bearer token"
+    };
+    Err(Rejection::new(
+        "malformed",
+        format!("Authorization header is not {expected}"),
+    ))
+}
+
+/// The password of Basic credentials (`base64(user:password)`), which must be a token.
+fn basic_password(credentials: &str) -> Result<String, Rejection> {
+    use base64::Engine as _;
+    let malformed = || {
+        Rejection::new(
+            "malformed",
+            "Authorization: Basic credentials are not base64 of user:token".to_owned(),
+        )
+    };
+    if credentials.len() > MAX_TOKEN_BYTES * 2 {
+        return Err(malformed());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (_user, password) = decoded.split_once(':').ok_or_else(malformed)?;
+    if password.trim().is_empty() {
+        return Err(malformed());
+    }
+    Ok(password.trim().to_owned())
 }
 
 fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<Value, Rejection> {

@@ -13,13 +13,13 @@ use crate::promql::{EnforceError, Enforcement, TENANT_LABEL};
 use crate::respond::ProxyError;
 
 /// Endpoints whose `query` parameter is a PromQL expression.
-const QUERY_ROUTES: &[&str] = &[
+pub(crate) const QUERY_ROUTES: &[&str] = &[
     "/api/v1/query",
     "/api/v1/query_range",
     "/api/v1/query_exemplars",
 ];
 /// Endpoints whose `match[]` parameters are series selectors.
-const SERIES_ROUTES: &[&str] = &[
+pub(crate) const SERIES_ROUTES: &[&str] = &[
     "/api/v1/series",
     "/api/v1/labels",
     "/api/v1/label/{name}/values",

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use heimdall_opa::TenantId;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
+use crate::label_policy::LABEL_POLICY_HEADER;
 use crate::metrics::ProxyMetrics;
 use crate::respond::ProxyError;
 use crate::rewrite::TenantBinding;
@@ -48,6 +49,48 @@ impl std::fmt::Debug for UpstreamAuth {
     }
 }
 
+/// TLS towards the upstream, beyond the system's trust store.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM certificates that alone are trusted to sign the upstream's certificate, replacing
+    /// the system's roots (as Prometheus' `tls_config.ca_file` does).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain followed by its private key (PKCS#8, PKCS#1 or SEC1), shown
+    /// to an upstream that asks for one (mutual TLS).
+    pub client_identity_pem: Option<Vec<u8>>,
+}
+
+/// Never prints the private key.
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("custom_ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client_identity_pem.is_some())
+            .finish()
+    }
+}
+
+impl UpstreamTls {
+    /// Applies these settings to a client under construction.
+    fn configure(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, String> {
+        let mut builder = builder;
+        if let Some(pem) = &self.ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|error| format!("reading the upstream CA certificates: {error}"))?;
+            if roots.is_empty() {
+                return Err("the upstream CA file holds no PEM certificate".to_owned());
+            }
+            builder = builder.tls_certs_only(roots);
+        }
+        if let Some(pem) = &self.client_identity_pem {
+            let identity = reqwest::Identity::from_pem(pem)
+                .map_err(|error| format!("reading the upstream client certificate: {error}"))?;
+            builder = builder.identity(identity);
+        }
+        Ok(builder)
+    }
+}
+
 /// Where and how to reach the upstream. Built from the `mimir` config section.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
@@ -61,6 +104,7 @@ pub struct UpstreamSettings {
     /// How the upstream separates tenants.
     pub tenant_binding: TenantBinding,
     pub insecure_skip_verify: bool,
+    pub tls: UpstreamTls,
     /// Timeout of one upstream call.
     pub timeout: Duration,
     /// The most an upstream answer may weigh.
@@ -69,6 +113,9 @@ pub struct UpstreamSettings {
     pub max_concurrency: usize,
     /// Mimir: one federated request for several tenants; false: one request per tenant, merged.
     pub federation: bool,
+    /// Mimir with label-based access control: series-reading requests carry the filter sets in
+    /// `X-Prom-Label-Policy` and are not rewritten.
+    pub label_policy: bool,
     /// Tenants of one request read at once when not federating.
     pub tenants_at_once: usize,
     /// How long a request waits for a free slot before a 503 with `Retry-After`.
@@ -103,9 +150,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings, metrics: ProxyMetrics) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(settings.timeout)
-            .tls_danger_accept_invalid_certs(settings.insecure_skip_verify)
+            .tls_danger_accept_invalid_certs(settings.insecure_skip_verify);
+        let client = settings
+            .tls
+            .configure(builder)?
             .build()
             .map_err(|error| format!("building the upstream client: {error}"))?;
         let inflight = Arc::new(Semaphore::new(settings.max_concurrency.max(1)));
@@ -120,6 +170,11 @@ impl Upstream {
     /// Returns the most one answer (or the answers of one request together) may weigh.
     pub fn max_response_bytes(&self) -> usize {
         self.settings.max_response_bytes
+    }
+
+    /// Returns whether Mimir enforces the filter sets it is sent (its LBAC mode).
+    pub fn label_policy(&self) -> bool {
+        self.settings.label_policy
     }
 
     /// Returns how the upstream separates tenants.
@@ -165,6 +220,9 @@ impl Upstream {
         let scope = HeaderValue::from_str(&scope_value(tenants))
             .map_err(|_| ProxyError::internal("tenant ids should form a valid header"))?;
         headers.insert(HeaderName::from_static(SCOPE_HEADER), scope);
+        for policy in &request.label_policies {
+            headers.append(HeaderName::from_static(LABEL_POLICY_HEADER), policy.clone());
+        }
         let mut builder = self
             .client
             .request(request.method.clone(), &url)
@@ -258,4 +316,6 @@ pub struct ForwardRequest<'a> {
     pub body: Bytes,
     /// Remote write rather than the query API.
     pub push: bool,
+    /// `X-Prom-Label-Policy` values for Mimir to enforce (its LBAC mode); empty otherwise.
+    pub label_policies: Vec<HeaderValue>,
 }

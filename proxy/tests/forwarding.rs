@@ -16,6 +16,7 @@ use heimdall_proxy::identity::dev::{DEV_AUDIENCE, DEV_ISSUER};
 use heimdall_proxy::{
     BundleSource, DevSigner, IdentitySettings, KeySource, Notifications, PartialTenants,
     ProxySettings, ProxySources, RemoteOpaSettings, TenantBinding, UpstreamAuth, UpstreamSettings,
+    UpstreamTls,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -46,7 +47,15 @@ const POLICIES_V1: &str = r#"[
    "actions": ["write"], "scope": {"tenants": ["acme"], "resources": ["metrics"]}},
   {"name": "alice-rules-prod", "effect": "allow", "subjects": [{"type": "user", "id": "alice"}],
    "actions": ["rules:read", "rules:write"],
-   "scope": {"tenants": ["acme"], "resources": ["metrics"]}, "filters": ["env=\"prod\""]}
+   "scope": {"tenants": ["acme"], "resources": ["metrics"]}, "filters": ["env=\"prod\""]},
+  {"name": "carol-reads-prod", "effect": "allow", "subjects": [{"type": "user", "id": "carol"}],
+   "actions": ["read"], "scope": {"tenants": ["acme"], "resources": ["metrics"]},
+   "filters": ["env=\"prod\""]},
+  {"name": "carol-reads-team-a", "effect": "allow", "subjects": [{"type": "user", "id": "carol"}],
+   "actions": ["read"], "scope": {"tenants": ["acme"], "resources": ["metrics"]},
+   "filters": ["team=~\"a|b\"", "env!=\"dev\""]},
+  {"name": "carol-reads-globex", "effect": "allow", "subjects": [{"type": "user", "id": "carol"}],
+   "actions": ["read"], "scope": {"tenants": ["globex"], "resources": ["metrics"]}}
 ]"#;
 
 const POLICIES_V2: &str = r#"[
@@ -122,13 +131,14 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
 }
 
 async fn start(upstream_url: Option<String>) -> Harness {
-    start_with(upstream_url, None, true).await
+    start_with(upstream_url, None, |_| {}).await
 }
 
+/// Starts a proxy whose upstream settings `adjust` may change.
 async fn start_with(
     upstream_url: Option<String>,
     remote_opa: Option<RemoteOpaSettings>,
-    federation: bool,
+    adjust: impl FnOnce(&mut UpstreamSettings),
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let signer = DevSigner::load_or_create(dir.path()).unwrap();
@@ -145,7 +155,7 @@ async fn start_with(
         notifications: Notifications::InProcess(notifications),
     };
     let (listen_addr, metrics_addr) = (free_addr(), free_addr());
-    let settings = ProxySettings {
+    let mut settings = ProxySettings {
         listen_addr,
         metrics_addr,
         identity: IdentitySettings {
@@ -160,6 +170,7 @@ async fn start_with(
             refresh_interval: Duration::from_secs(300),
             min_refresh_interval: Duration::from_secs(10),
             token_cache_size: 100,
+            accept_basic_password: false,
         },
         upstream: UpstreamSettings {
             url: upstream,
@@ -168,10 +179,12 @@ async fn start_with(
             auth: UpstreamAuth::Bearer("upstream-secret".to_owned()),
             tenant_binding: TenantBinding::Mimir,
             insecure_skip_verify: false,
+            tls: UpstreamTls::default(),
             timeout: Duration::from_secs(5),
             max_response_bytes: 1024 * 1024,
             max_concurrency: 2,
-            federation,
+            federation: true,
+            label_policy: false,
             tenants_at_once: 2,
             queue_timeout: Duration::from_millis(300),
         },
@@ -184,6 +197,7 @@ async fn start_with(
         remote_opa,
         serve_jwks: false,
     };
+    adjust(&mut settings.upstream);
     let (shutdown, shutdown_receiver) = watch::channel(false);
     tokio::spawn(heimdall_proxy::run(settings, sources, shutdown_receiver));
     let harness = Harness {
@@ -429,7 +443,7 @@ async fn a_remote_opa_decides_and_its_failure_never_allows() {
         timeout: Duration::from_secs(5),
         insecure_skip_verify: false,
     };
-    let harness = start_with(None, Some(remote), true).await;
+    let harness = start_with(None, Some(remote), |_| {}).await;
     let client = reqwest::Client::new();
     let ask = |token: String, scope: Option<&'static str>| {
         let mut request = client
@@ -495,7 +509,7 @@ async fn a_full_upstream_limit_answers_503_with_retry_after() {
 
 #[tokio::test]
 async fn without_federation_each_tenant_is_read_alone_and_the_answers_merged() {
-    let harness = start_with(None, None, false).await;
+    let harness = start_with(None, None, |upstream| upstream.federation = false).await;
     let response = harness
         .get("/api/v1/query?query=up", "globex|acme")
         .send()
@@ -579,4 +593,96 @@ async fn rule_groups_are_stored_only_with_enforced_expressions() {
         .await
         .unwrap();
     assert_eq!(two.status(), 400, "the ruler API takes one tenant");
+}
+
+#[tokio::test]
+async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent() {
+    let harness = start_with(None, None, |upstream| upstream.label_policy = true).await;
+    let client = reqwest::Client::new();
+    // A union over two labels that the rewriter would refuse with 422 (no metric name).
+    let query = r#"topk(3, {job="api"})"#;
+    let response = client
+        .get(format!(
+            "{}/prometheus/api/v1/query?{}",
+            harness.proxy,
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("query", query)
+                .finish()
+        ))
+        .bearer_auth(harness.token_of("carol"))
+        .header("X-Scope-OrgID", "acme|globex")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = body_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = harness.last_seen();
+    let sent: Vec<(String, String)> = form_urlencoded::parse(seen.query.as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    assert_eq!(sent, [("query".to_owned(), query.to_owned())]);
+    assert_eq!(seen.headers["x-scope-orgid"], "acme|globex");
+    let mut policies: Vec<String> = seen
+        .headers
+        .get_all("x-prom-label-policy")
+        .iter()
+        .map(|value| {
+            let (tenant, selector) = value.to_str().unwrap().split_once(':').unwrap();
+            let selector = percent_encoding::percent_decode_str(selector)
+                .decode_utf8()
+                .unwrap();
+            format!("{tenant}:{selector}")
+        })
+        .collect();
+    policies.sort();
+    // One value per filter set; globex, readable without filters, gets none.
+    assert_eq!(
+        policies,
+        [r#"acme:{env!="dev", team=~"a|b"}"#, r#"acme:{env="prod"}"#]
+    );
+
+    // Series endpoints without match[] are left to Mimir as well.
+    let response = client
+        .get(format!("{}/api/v1/labels", harness.proxy))
+        .bearer_auth(harness.token_of("carol"))
+        .header("X-Scope-OrgID", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = harness.last_seen();
+    assert_eq!(seen.query, "");
+    assert_eq!(
+        seen.headers.get_all("x-prom-label-policy").iter().count(),
+        2
+    );
+
+    // A user readable without filters sends no policy at all.
+    let response = harness
+        .get("/api/v1/query?query=up", "acme|globex")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        harness
+            .last_seen()
+            .headers
+            .get("x-prom-label-policy")
+            .is_none()
+    );
+
+    // Rule groups are not enforced by Mimir's LBAC: they are still rewritten by the proxy.
+    let response = client
+        .post(format!("{}/prometheus/config/v1/rules/team", harness.proxy))
+        .bearer_auth(harness.token())
+        .header("X-Scope-OrgID", "acme")
+        .header("Content-Type", "application/yaml")
+        .body("name: api\nrules:\n  - record: up:sum\n    expr: sum(up)\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let stored: serde_yaml::Value = serde_yaml::from_slice(&harness.last_seen().body).unwrap();
+    assert_eq!(stored["rules"][0]["expr"], "sum(up{env=\"prod\"})");
 }

@@ -8,7 +8,7 @@ use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use heimdall_proxy::{
-    PartialTenants, RemoteOpaSettings, TenantBinding, UpstreamAuth, UpstreamSettings,
+    PartialTenants, RemoteOpaSettings, TenantBinding, UpstreamAuth, UpstreamSettings, UpstreamTls,
 };
 
 /// The upstream Heimdall protects.
@@ -26,6 +26,10 @@ pub struct RawMimir {
     /// mimir: one federated request for several tenants (Mimir's tenant federation); false:
     /// one request per tenant, merged by the proxy with each series labelled `__tenant_id__`.
     pub federation: bool,
+    /// mimir: send the filter sets in `X-Prom-Label-Policy` for Mimir's label-based access
+    /// control to enforce, instead of rewriting queries. Only for a Mimir that runs with
+    /// `-auth.label-access-control-enabled`: any other ignores the header and answers unfiltered.
+    pub label_policy: bool,
     /// Prefix of the Prometheus API on the upstream: `/prometheus` for Mimir, empty for a
     /// Prometheus server.
     pub api_prefix: String,
@@ -38,6 +42,19 @@ pub struct RawMimir {
     /// The most an upstream answer may weigh.
     pub max_response_bytes: u64,
     pub auth: RawUpstreamAuth,
+    pub tls: RawUpstreamTls,
+}
+
+/// TLS towards the upstream, with Prometheus' `tls_config` key names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    /// PEM CA certificates; when set, only they are trusted for the upstream.
+    pub ca_file: String,
+    /// PEM client certificate (chain) for mutual TLS.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
 }
 
 /// Never prints credentials.
@@ -58,12 +75,14 @@ impl Default for RawMimir {
             kind: "mimir".to_owned(),
             tenant_label: "tenant".to_owned(),
             federation: true,
+            label_policy: false,
             api_prefix: "/prometheus".to_owned(),
             push_path: "/api/v1/push".to_owned(),
             insecure_skip_verify: false,
             timeout_seconds: 120,
             max_response_bytes: 256 * 1024 * 1024,
             auth: RawUpstreamAuth::default(),
+            tls: RawUpstreamTls::default(),
         }
     }
 }
@@ -72,7 +91,7 @@ impl Default for RawMimir {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstreamAuth {
-    /// none, bearer or basic.
+    /// none, bearer, basic, or mtls (a client certificate from `mimir.tls` and no header).
     #[serde(rename = "type")]
     pub kind: String,
     /// The bearer token; prefer `HEIMDALL_MIMIR_AUTH_TOKEN` to the file.
@@ -125,6 +144,9 @@ pub struct RawJwt {
     pub insecure_skip_verify: bool,
     /// How many verified tokens are remembered until they expire.
     pub token_cache_size: u64,
+    /// Also reads the token from the password of `Authorization: Basic`, for clients that send
+    /// only basic credentials (promtool 2.42, a URL's userinfo); the user name is ignored.
+    pub accept_basic_auth: bool,
 }
 
 /// Never prints the HMAC secret.
@@ -158,6 +180,7 @@ impl Default for RawJwt {
             jwks_min_refresh_seconds: 10,
             insecure_skip_verify: false,
             token_cache_size: 10_000,
+            accept_basic_auth: false,
         }
     }
 }
@@ -306,6 +329,7 @@ pub struct JwtConfig {
     pub min_refresh_interval: Duration,
     pub insecure_skip_verify: bool,
     pub token_cache_size: usize,
+    pub accept_basic_auth: bool,
 }
 
 /// Never prints the HMAC secret.
@@ -395,8 +419,13 @@ fn validate_upstream(mimir: &RawMimir, fanout: &RawFanout) -> anyhow::Result<Ups
             password: mimir.auth.password.clone(),
         },
         "basic" => bail!("config key mimir.auth.username: required with type basic"),
-        other => bail!("config key mimir.auth.type: {other:?} is not none, bearer or basic"),
+        "mtls" if !mimir.tls.cert_file.trim().is_empty() => UpstreamAuth::None,
+        "mtls" => bail!("config key mimir.tls.cert_file: required with auth type mtls"),
+        other => {
+            bail!("config key mimir.auth.type: {other:?} is not none, bearer, basic or mtls")
+        }
     };
+    let tls = upstream_tls(&mimir.tls)?;
     let tenant_binding = match mimir.kind.as_str() {
         "mimir" => TenantBinding::Mimir,
         "label" => {
@@ -412,6 +441,9 @@ fn validate_upstream(mimir: &RawMimir, fanout: &RawFanout) -> anyhow::Result<Ups
         }
         other => bail!("config key mimir.kind: {other:?} is not mimir or label"),
     };
+    if mimir.label_policy && tenant_binding != TenantBinding::Mimir {
+        bail!("config key mimir.label_policy: only a mimir upstream enforces label policies");
+    }
     Ok(UpstreamSettings {
         url,
         tenant_binding,
@@ -419,12 +451,48 @@ fn validate_upstream(mimir: &RawMimir, fanout: &RawFanout) -> anyhow::Result<Ups
         push_path: path_key("mimir.push_path", &mimir.push_path)?,
         auth,
         insecure_skip_verify: mimir.insecure_skip_verify,
+        tls,
         timeout: positive_seconds("mimir.timeout_seconds", mimir.timeout_seconds)?,
         max_response_bytes: to_usize(mimir.max_response_bytes),
         federation: mimir.federation,
+        label_policy: mimir.label_policy,
         tenants_at_once: to_usize(fanout.tenants_per_request),
         max_concurrency: to_usize(fanout.max_concurrency),
         queue_timeout: Duration::from_secs(fanout.queue_timeout_seconds),
+    })
+}
+
+/// Reads the upstream's CA and client certificate files, so that a missing or unreadable one
+/// stops the start rather than the first request.
+fn upstream_tls(tls: &RawUpstreamTls) -> anyhow::Result<UpstreamTls> {
+    let read = |key: &str, path: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        let path = path.trim();
+        if path.is_empty() {
+            return Ok(None);
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) => bail!("config key {key}: reading {path}: {error}"),
+        }
+    };
+    let ca_pem = read("mimir.tls.ca_file", &tls.ca_file)?;
+    let cert = read("mimir.tls.cert_file", &tls.cert_file)?;
+    let key = read("mimir.tls.key_file", &tls.key_file)?;
+    let client_identity_pem = match (cert, key) {
+        (None, None) => None,
+        (Some(mut cert), Some(key)) => {
+            if !cert.ends_with(b"\n") {
+                cert.push(b'\n');
+            }
+            cert.extend_from_slice(&key);
+            Some(cert)
+        }
+        (Some(_), None) => bail!("config key mimir.tls.key_file: required with cert_file"),
+        (None, Some(_)) => bail!("config key mimir.tls.cert_file: required with key_file"),
+    };
+    Ok(UpstreamTls {
+        ca_pem,
+        client_identity_pem,
     })
 }
 
@@ -488,6 +556,7 @@ fn validate_jwt(jwt: &RawJwt) -> anyhow::Result<JwtConfig> {
         min_refresh_interval: Duration::from_secs(jwt.jwks_min_refresh_seconds),
         insecure_skip_verify: jwt.insecure_skip_verify,
         token_cache_size: to_usize(jwt.token_cache_size),
+        accept_basic_auth: jwt.accept_basic_auth,
     })
 }
 

@@ -248,6 +248,22 @@ fn proxy_keys_are_validated_by_name() {
             "config key mimir.api_prefix",
         ),
         (
+            "mimir:\n  kind: label\n  label_policy: true\n",
+            "config key mimir.label_policy",
+        ),
+        (
+            "mimir:\n  auth:\n    type: mtls\n",
+            "config key mimir.tls.cert_file",
+        ),
+        (
+            "mimir:\n  tls:\n    ca_file: /nonexistent/ca.pem\n",
+            "config key mimir.tls.ca_file: reading /nonexistent/ca.pem",
+        ),
+        (
+            "mimir:\n  tls:\n    cert_file: /dev/null\n",
+            "config key mimir.tls.key_file: required with cert_file",
+        ),
+        (
             "proxy:\n  partial_tenants: sometimes\n",
             "config key proxy.partial_tenants",
         ),

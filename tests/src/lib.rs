@@ -102,6 +102,28 @@ pub fn cli_ok(
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Mints a token with the development key of `serve --target=all --dev` running in `dir`.
+pub fn mint_dev_token(dir: &std::path::Path, user: &str, groups: &[&str]) -> String {
+    let mut args = vec!["token", "--user", user];
+    for group in groups {
+        args.extend(["--group", group]);
+    }
+    let output = Command::new(heimdall_binary())
+        .args(&args)
+        .current_dir(dir)
+        .output()
+        .expect("the CLI should run");
+    assert!(
+        output.status.success(),
+        "heimdall token failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("a token is ASCII")
+        .trim()
+        .to_owned()
+}
+
 /// Returns a random number for unique names.
 pub fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
@@ -444,6 +466,13 @@ pub struct PrometheusServer {
 
 impl PrometheusServer {
     pub fn start(openmetrics: &str) -> Option<Self> {
+        Self::start_with(openmetrics, None)
+    }
+
+    /// Starts Prometheus with `web_config` as its `--web.config.file` (TLS, client
+    /// certificates). Then `/-/ready` cannot be asked without a client certificate, so this
+    /// returns once the port accepts connections; callers poll until Prometheus answers.
+    pub fn start_with(openmetrics: &str, web_config: Option<&str>) -> Option<Self> {
         let prometheus = required_env("HEIMDALL_PROMETHEUS")?;
         let promtool = required_env("HEIMDALL_PROMTOOL")?;
         let dir = tempfile::tempdir().expect("a temp dir should be creatable");
@@ -464,7 +493,13 @@ impl PrometheusServer {
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, "global:\n  scrape_interval: 1m\n").expect("config is writable");
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(&prometheus)
+        let mut command = Command::new(&prometheus);
+        if let Some(web_config) = web_config {
+            let file = dir.path().join("web.yml");
+            std::fs::write(&file, web_config).expect("web config is writable");
+            command.arg(format!("--web.config.file={}", file.display()));
+        }
+        let child = command
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", data.display()))
             .arg(format!("--web.listen-address={addr}"))
@@ -481,7 +516,12 @@ impl PrometheusServer {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http_get(&server.addr, "/-/ready").is_some_and(|(status, _)| status == 200) {
+            let ready = if web_config.is_some() {
+                std::net::TcpStream::connect(&server.addr).is_ok()
+            } else {
+                http_get(&server.addr, "/-/ready").is_some_and(|(status, _)| status == 200)
+            };
+            if ready {
                 return Some(server);
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use heimdall_proxy::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
 use heimdall_tests::{
-    HeimdallProcess, HttpResponse, NatsServer, PrometheusServer, cli_ok, heimdall_binary, http_get,
-    http_request, http_request_with_body,
+    HeimdallProcess, HttpResponse, NatsServer, PrometheusServer, cli_ok, http_get, http_request,
+    http_request_with_body, mint_dev_token,
 };
 use serde_json::Value;
 
@@ -140,23 +140,7 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
     ];
     let mut server = HeimdallProcess::serve(&["--target=all", "--dev"], dir.path(), &env);
     server.wait_ready();
-    let mint = |user: &str, groups: &[&str]| {
-        let mut args = vec!["token", "--user", user];
-        for group in groups {
-            args.extend(["--group", group]);
-        }
-        let output = std::process::Command::new(heimdall_binary())
-            .args(&args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    };
+    let mint = |user: &str, groups: &[&str]| mint_dev_token(dir.path(), user, groups);
     let alice = mint("alice@acme.com", &["analysts"]);
     let bob = mint("bob@acme.com", &["developers"]);
     for (id, name) in [("acme", "Acme"), ("globex", "Globex")] {

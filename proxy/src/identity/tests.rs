@@ -133,6 +133,7 @@ fn settings(url: &str) -> IdentitySettings {
         refresh_interval: Duration::from_secs(300),
         min_refresh_interval: Duration::from_secs(60),
         token_cache_size: 100,
+        accept_basic_password: false,
     }
 }
 
@@ -297,6 +298,59 @@ async fn malformed_tokens_and_headers_are_refused() {
     }
     let error = verifier.verify_header(None).await.expect_err("no header");
     assert!(error.message.contains("missing"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn a_token_is_taken_from_a_basic_password_only_when_configured() {
+    use base64::Engine as _;
+    let key = TestKey::generate(Algorithm::EdDSA, "ed");
+    let server = JwksServer::start(vec![key.jwk.clone()]).await;
+    let token = key.sign(&claims(json!({"sub": "alice"})));
+    let basic = |credentials: &str| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        http::HeaderValue::from_str(&format!("Basic {encoded}")).expect("a header value")
+    };
+
+    let strict = verifier(settings(&server.url)).await;
+    let error = strict
+        .verify_header(Some(&basic(&format!("promtool:{token}"))))
+        .await
+        .expect_err("basic is off by default");
+    assert_eq!(error.status, http::StatusCode::UNAUTHORIZED);
+
+    let mut lenient_settings = settings(&server.url);
+    lenient_settings.accept_basic_password = true;
+    let lenient = verifier(lenient_settings).await;
+    let identity = lenient
+        .verify_header(Some(&basic(&format!("promtool:{token}"))))
+        .await
+        .expect("the password is a valid token");
+    assert_eq!(identity.user, "alice");
+    // The user name plays no part; a token is still verified in full.
+    let tampered = format!(
+        "{}AAAA",
+        &token[..token.rfind('.').expect("three parts") + 1]
+    );
+    for credentials in [
+        format!("alice:{tampered}"),
+        "alice:".to_owned(),
+        "alice".to_owned(),
+        format!(":{}", "a.b.c"),
+    ] {
+        let error = lenient
+            .verify_header(Some(&basic(&credentials)))
+            .await
+            .expect_err(&credentials);
+        assert_eq!(
+            error.status,
+            http::StatusCode::UNAUTHORIZED,
+            "{credentials}"
+        );
+    }
+    let not_base64 = http::HeaderValue::from_static("Basic !!!");
+    assert!(lenient.verify_header(Some(&not_base64)).await.is_err());
+    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+    assert!(lenient.verify_header(Some(&bearer)).await.is_ok());
 }
 
 #[tokio::test]
