@@ -169,7 +169,7 @@ fn proxy_settings(
         refresh_interval: jwt.refresh_interval,
         min_refresh_interval: jwt.min_refresh_interval,
         token_cache_size: jwt.token_cache_size,
-        accept_basic_password: jwt.accept_basic_auth,
+        accept_basic_auth: jwt.accept_basic_auth,
     };
     let proxy = &config.proxy;
     Ok(ProxySettings {

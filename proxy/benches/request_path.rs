@@ -71,7 +71,7 @@ fn settings(keys: KeySource, algorithm: Algorithm, cache: usize) -> IdentitySett
         refresh_interval: Duration::from_secs(300),
         min_refresh_interval: Duration::from_secs(10),
         token_cache_size: cache,
-        accept_basic_password: false,
+        accept_basic_auth: false,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::promql::TENANT_LABEL;
 use crate::remote_write;
 use crate::respond::ProxyError;
 use crate::rewrite::SERIES_FREE_ROUTES;
-use crate::rewrite::{TenantBinding, enforcement_for, rewrite_params};
+use crate::rewrite::{TenantBinding, check_params, enforcement_for, rewrite_params};
 use crate::ruler;
 use crate::tenants::{SCOPE_HEADER, parse_scope};
 use crate::upstream::{ForwardRequest, Upstream, UpstreamResponse};
@@ -30,7 +30,6 @@ use futures_util::StreamExt;
 
 /// Mimir's path prefix for the Prometheus API.
 pub const PROMETHEUS_PREFIX: &str = "/prometheus";
-/// Mimir's label-based access control header.
 /// The largest form body Prometheus (Go's `ParseForm`) reads; a larger one it drops whole.
 const MAX_FORM_BYTES: usize = 10 * 1024 * 1024;
 /// The most all request headers together may weigh.
@@ -233,10 +232,19 @@ impl Gateway {
         body: Bytes,
         allowed: &[(TenantId, Arc<Decision>)],
     ) -> Result<UpstreamResponse, ProxyError> {
-        let left_to_mimir = self.upstream.label_policy()
-            && matches!(parts.endpoint, Endpoint::Read(route) if label_policy::enforced_upstream(route));
-        // Mimir enforces the label policies it is sent: the parameters go as they are.
-        let (enforcement, label_policies) = if left_to_mimir {
+        let left_to_mimir = match parts.endpoint {
+            Endpoint::Read(route)
+                if self.upstream.label_policy() && label_policy::enforced_upstream(route) =>
+            {
+                Some(route)
+            }
+            _ => None,
+        };
+        // Mimir enforces the label policies it is sent: the parameters go as they are, once
+        // known to be as unambiguous as rewritten ones.
+        let (enforcement, label_policies) = if let Some(route) = left_to_mimir {
+            check_params(route, parts.uri.query(), &body, parts.form_body)?;
+            self.upstream.confirm_label_policy_enforced(allowed).await?;
             (None, label_policy::header_values(allowed)?)
         } else {
             (

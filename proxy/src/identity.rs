@@ -49,7 +49,7 @@ pub struct IdentitySettings {
     /// Also takes the token from the password of `Authorization: Basic`, for clients that can
     /// only send basic credentials (promtool before 2.43, URL userinfo). The user name is
     /// ignored: the token alone says who is asking.
-    pub accept_basic_password: bool,
+    pub accept_basic_auth: bool,
 }
 
 /// Never prints the HMAC secret.
@@ -125,7 +125,7 @@ impl JwtVerifier {
         &self,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Arc<Identity>, ProxyError> {
-        let result = match presented_token(authorization, self.settings.accept_basic_password) {
+        let result = match presented_token(authorization, self.settings.accept_basic_auth) {
             Ok(token) => self.verify(&token).await,
             Err(rejection) => Err(rejection),
         };

@@ -110,6 +110,72 @@ pub struct RewrittenParams {
     pub body: Bytes,
 }
 
+/// A read's parameters, parsed, with where its security-relevant one (`query` or `match[]`)
+/// was given; built only once that parameter is known to be given in one place.
+struct ReadParams {
+    key: &'static str,
+    url_params: Vec<(String, String)>,
+    body_params: Option<Vec<(String, String)>>,
+    in_url: usize,
+    in_body: usize,
+}
+
+impl ReadParams {
+    /// Parses and checks the parameters of a read on a series-reading `route`. `form_body` says
+    /// whether the body is an `application/x-www-form-urlencoded` form (Prometheus reads
+    /// parameters from both).
+    fn parse(
+        route: &str,
+        url_query: Option<&str>,
+        body: &[u8],
+        form_body: bool,
+    ) -> Result<Self, ProxyError> {
+        let key = if QUERY_ROUTES.contains(&route) {
+            "query"
+        } else if SERIES_ROUTES.contains(&route) {
+            "match[]"
+        } else {
+            return Err(ProxyError::not_found(format!(
+                "{route} is not an endpoint this proxy serves"
+            )));
+        };
+        let url_params = parse_form(url_query.unwrap_or_default().as_bytes());
+        let body_params = form_body.then(|| parse_form(body));
+        let in_url = url_params.iter().filter(|(name, _)| name == key).count();
+        let in_body = body_params.as_ref().map_or(0, |params| {
+            params.iter().filter(|(name, _)| name == key).count()
+        });
+        if in_url > 0 && in_body > 0 {
+            return Err(ProxyError::bad_request(format!(
+                "parameter {key} is given both in the URL and in the body"
+            )));
+        }
+        if key == "query" && in_url + in_body != 1 {
+            return Err(ProxyError::bad_request(
+                "give the query parameter exactly once".to_owned(),
+            ));
+        }
+        Ok(Self {
+            key,
+            url_params,
+            body_params,
+            in_url,
+            in_body,
+        })
+    }
+}
+
+/// Refuses a read whose security-relevant parameter is ambiguous (given in the URL and the
+/// body, or `query` twice), when the parameters go upstream unchanged.
+pub fn check_params(
+    route: &str,
+    url_query: Option<&str>,
+    body: &[u8],
+    form_body: bool,
+) -> Result<(), ProxyError> {
+    ReadParams::parse(route, url_query, body, form_body).map(|_| ())
+}
+
 /// Rewrites the parameters of a read on `route`. `form_body` says whether the body is an
 /// `application/x-www-form-urlencoded` form (Prometheus reads parameters from both).
 pub fn rewrite_params(
@@ -126,35 +192,13 @@ pub fn rewrite_params(
             body,
         });
     }
-    let mut url_params = parse_form(url_query.unwrap_or_default().as_bytes());
-    let mut body_params = if form_body {
-        Some(parse_form(&body))
-    } else {
-        None
-    };
-    let key = if QUERY_ROUTES.contains(&route) {
-        "query"
-    } else if SERIES_ROUTES.contains(&route) {
-        "match[]"
-    } else {
-        return Err(ProxyError::not_found(format!(
-            "{route} is not an endpoint this proxy serves"
-        )));
-    };
-    let in_url = url_params.iter().filter(|(name, _)| name == key).count();
-    let in_body = body_params.as_ref().map_or(0, |params| {
-        params.iter().filter(|(name, _)| name == key).count()
-    });
-    if in_url > 0 && in_body > 0 {
-        return Err(ProxyError::bad_request(format!(
-            "parameter {key} is given both in the URL and in the body"
-        )));
-    }
-    if key == "query" && in_url + in_body != 1 {
-        return Err(ProxyError::bad_request(
-            "give the query parameter exactly once".to_owned(),
-        ));
-    }
+    let ReadParams {
+        key,
+        mut url_params,
+        mut body_params,
+        in_url,
+        in_body,
+    } = ReadParams::parse(route, url_query, &body, form_body)?;
     let params = match &mut body_params {
         Some(params) if in_body > 0 => params,
         _ => &mut url_params,

@@ -146,7 +146,13 @@ pub struct Upstream {
     /// Upstream calls this process may run at once; the rest wait up to the queue timeout.
     inflight: Arc<Semaphore>,
     metrics: ProxyMetrics,
+    /// Until when the upstream is known to enforce `X-Prom-Label-Policy`; behind an async lock so
+    /// that concurrent requests share one probe.
+    label_policy_confirmed_until: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// How long a probe's proof that the upstream enforces label policies is trusted.
+const LABEL_POLICY_CONFIRMATION: Duration = Duration::from_secs(300);
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings, metrics: ProxyMetrics) -> Result<Self, String> {
@@ -158,13 +164,82 @@ impl Upstream {
             .configure(builder)?
             .build()
             .map_err(|error| format!("building the upstream client: {error}"))?;
+        if settings.label_policy
+            && (settings.tenant_binding != TenantBinding::Mimir || settings.federation)
+        {
+            // A label store has no label policies; federated tenants may meet Mimir's policy
+            // lookup under the joined tenant id, where it would find none.
+            return Err(
+                "label policies need a mimir upstream read one tenant per request \
+                 (federation off)"
+                    .to_owned(),
+            );
+        }
         let inflight = Arc::new(Semaphore::new(settings.max_concurrency.max(1)));
         Ok(Self {
             settings,
             client,
             inflight,
             metrics,
+            label_policy_confirmed_until: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Makes sure the upstream enforces `X-Prom-Label-Policy` before filters are left to it. A
+    /// Mimir with label-based access control refuses a malformed policy with 400; one without
+    /// it ignores the header and answers, which would read the tenant unfiltered. The proof is
+    /// kept for a few minutes, then sought again.
+    pub async fn confirm_label_policy_enforced(
+        &self,
+        allowed: &[(TenantId, Arc<heimdall_opa::engine::Decision>)],
+    ) -> Result<(), ProxyError> {
+        let mut confirmed_until = self.label_policy_confirmed_until.lock().await;
+        if confirmed_until.is_some_and(|until| Instant::now() < until) {
+            return Ok(());
+        }
+        let Some((tenant, _)) = allowed.first() else {
+            return Err(ProxyError::forbidden("no tenant may be read"));
+        };
+        let base = self.settings.url.trim_end_matches('/');
+        let url = format!("{base}{}/api/v1/labels", self.settings.api_prefix);
+        let probe = self
+            .client
+            .get(url)
+            .header(SCOPE_HEADER, tenant.as_str())
+            .header(LABEL_POLICY_HEADER, format!("{tenant}:%zz"));
+        let status = match self.authenticate(probe).send().await {
+            Ok(response) => response.status(),
+            Err(error) => {
+                let reason = error_chain(&error.without_url());
+                return Err(ProxyError::bad_gateway(format!(
+                    "probing the upstream's label policy enforcement failed: {reason}"
+                )));
+            }
+        };
+        if status != StatusCode::BAD_REQUEST {
+            tracing::warn!(
+                status = status.as_u16(),
+                "upstream ignores X-Prom-Label-Policy; refusing to leave filters to it"
+            );
+            return Err(ProxyError::bad_gateway(format!(
+                "the upstream answered {status} to a malformed X-Prom-Label-Policy where a Mimir \
+                 enforcing label policies answers 400; it would read the tenant unfiltered, so \
+                 nothing is sent (mimir.label_policy needs -auth.label-access-control-enabled)"
+            )));
+        }
+        *confirmed_until = Some(Instant::now() + LABEL_POLICY_CONFIRMATION);
+        Ok(())
+    }
+
+    /// Adds the proxy's own upstream credentials.
+    fn authenticate(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.settings.auth {
+            UpstreamAuth::None => builder,
+            UpstreamAuth::Bearer(token) => builder.bearer_auth(token),
+            UpstreamAuth::Basic { username, password } => {
+                builder.basic_auth(username, Some(password))
+            }
+        }
     }
 
     /// Returns the most one answer (or the answers of one request together) may weigh.
@@ -223,18 +298,12 @@ impl Upstream {
         for policy in &request.label_policies {
             headers.append(HeaderName::from_static(LABEL_POLICY_HEADER), policy.clone());
         }
-        let mut builder = self
-            .client
-            .request(request.method.clone(), &url)
-            .headers(headers)
-            .body(request.body.clone());
-        builder = match &self.settings.auth {
-            UpstreamAuth::None => builder,
-            UpstreamAuth::Bearer(token) => builder.bearer_auth(token),
-            UpstreamAuth::Basic { username, password } => {
-                builder.basic_auth(username, Some(password))
-            }
-        };
+        let builder = self.authenticate(
+            self.client
+                .request(request.method.clone(), &url)
+                .headers(headers)
+                .body(request.body.clone()),
+        );
         let started = Instant::now();
         let result = self.send(builder).await;
         self.metrics
@@ -318,4 +387,40 @@ pub struct ForwardRequest<'a> {
     pub push: bool,
     /// `X-Prom-Label-Policy` values for Mimir to enforce (its LBAC mode); empty otherwise.
     pub label_policies: Vec<HeaderValue>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_never_print_their_key() {
+        let tls = UpstreamTls {
+            ca_pem: Some(b"-----BEGIN CERTIFICATE-----\nca\n".to_vec()),
+            client_identity_pem: Some(b"-----BEGIN PRIVATE KEY-----\nsecret-key\n".to_vec()),
+        };
+        let printed = format!("{tls:?}");
+        assert!(!printed.contains("secret-key"), "{printed}");
+        assert!(!printed.contains("45, 45, 45"), "bytes printed: {printed}");
+        assert!(printed.contains("client_certificate: true"), "{printed}");
+    }
+
+    #[test]
+    fn an_unreadable_ca_or_identity_stops_the_client_from_being_built() {
+        for tls in [
+            UpstreamTls {
+                ca_pem: Some(b"not a certificate".to_vec()),
+                client_identity_pem: None,
+            },
+            UpstreamTls {
+                ca_pem: None,
+                client_identity_pem: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
+            },
+        ] {
+            assert!(
+                tls.configure(reqwest::Client::builder()).is_err(),
+                "{tls:?}"
+            );
+        }
+    }
 }

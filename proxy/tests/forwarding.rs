@@ -80,12 +80,46 @@ fn free_addr() -> std::net::SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// Reads an `X-Prom-Label-Policy` value as Mimir's label access middleware does: policies split
+/// on `,`, each `<tenant>:<path-escaped selector>`; a bad escape or a selector that does not
+/// parse is refused. (Mimir itself cannot run here; this is its parsing step, nothing more.)
+fn mimir_accepts_label_policy(value: &str) -> bool {
+    value.split(',').all(|policy| {
+        let Some((tenant, selector)) = policy.split_once(':') else {
+            return false;
+        };
+        let bytes = selector.as_bytes();
+        let escapes_valid = bytes.iter().enumerate().all(|(at, byte)| {
+            *byte != b'%'
+                || (bytes.get(at + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit))
+        });
+        let decoded = percent_encoding::percent_decode_str(selector).decode_utf8();
+        !tenant.is_empty()
+            && escapes_valid
+            && decoded.is_ok_and(|selector| promql_parser::parser::parse(&selector).is_ok())
+    })
+}
+
 async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
     let router = axum::Router::new().fallback(move |request: Request| {
         let seen = seen.clone();
         async move {
             let (parts, body) = request.into_parts();
             let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let policies_readable = parts
+                .headers
+                .get_all("x-prom-label-policy")
+                .iter()
+                .all(|value| value.to_str().is_ok_and(mimir_accepts_label_policy));
+            if !policies_readable {
+                return (
+                    http::StatusCode::BAD_REQUEST,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"status":"error","errorType":"bad_data","error":"bad label policy"}"#
+                        .to_owned(),
+                );
+            }
             let path = parts.uri.path().to_owned();
             let scope = parts
                 .headers
@@ -170,7 +204,7 @@ async fn start_with(
             refresh_interval: Duration::from_secs(300),
             min_refresh_interval: Duration::from_secs(10),
             token_cache_size: 100,
-            accept_basic_password: false,
+            accept_basic_auth: false,
         },
         upstream: UpstreamSettings {
             url: upstream,
@@ -595,33 +629,8 @@ async fn rule_groups_are_stored_only_with_enforced_expressions() {
     assert_eq!(two.status(), 400, "the ruler API takes one tenant");
 }
 
-#[tokio::test]
-async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent() {
-    let harness = start_with(None, None, |upstream| upstream.label_policy = true).await;
-    let client = reqwest::Client::new();
-    // A union over two labels that the rewriter would refuse with 422 (no metric name).
-    let query = r#"topk(3, {job="api"})"#;
-    let response = client
-        .get(format!(
-            "{}/prometheus/api/v1/query?{}",
-            harness.proxy,
-            form_urlencoded::Serializer::new(String::new())
-                .append_pair("query", query)
-                .finish()
-        ))
-        .bearer_auth(harness.token_of("carol"))
-        .header("X-Scope-OrgID", "acme|globex")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = body_json(response).await;
-    assert_eq!(status, 200, "{body}");
-    let seen = harness.last_seen();
-    let sent: Vec<(String, String)> = form_urlencoded::parse(seen.query.as_bytes())
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
-        .collect();
-    assert_eq!(sent, [("query".to_owned(), query.to_owned())]);
-    assert_eq!(seen.headers["x-scope-orgid"], "acme|globex");
+/// The decoded `X-Prom-Label-Policy` values of one upstream request, sorted.
+fn label_policies(seen: &Seen) -> Vec<String> {
     let mut policies: Vec<String> = seen
         .headers
         .get_all("x-prom-label-policy")
@@ -635,11 +644,51 @@ async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent()
         })
         .collect();
     policies.sort();
-    // One value per filter set; globex, readable without filters, gets none.
-    assert_eq!(
-        policies,
-        [r#"acme:{env!="dev", team=~"a|b"}"#, r#"acme:{env="prod"}"#]
-    );
+    policies
+}
+
+#[tokio::test]
+async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent() {
+    let harness = start_with(None, None, |upstream| {
+        upstream.federation = false;
+        upstream.label_policy = true;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    // A union over two labels that the rewriter would refuse with 422 (no metric name).
+    let query = r#"topk(3, {job="api"})"#;
+    let encoded = form_urlencoded::Serializer::new(String::new())
+        .append_pair("query", query)
+        .finish();
+    let response = client
+        .get(format!(
+            "{}/prometheus/api/v1/query?{encoded}",
+            harness.proxy
+        ))
+        .bearer_auth(harness.token_of("carol"))
+        .header("X-Scope-OrgID", "acme|globex")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = body_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    let requests: Vec<Seen> = harness.seen.lock().unwrap().drain(..).collect();
+    // One request per tenant (the probe, refused with 400, is not recorded), each with the
+    // query as sent and its own tenant's policies: one per filter set, none for globex, which
+    // carol reads without filters.
+    assert_eq!(requests.len(), 2);
+    for seen in &requests {
+        let sent: Vec<(String, String)> = form_urlencoded::parse(seen.query.as_bytes())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        assert_eq!(sent, [("query".to_owned(), query.to_owned())]);
+        let expected: Vec<&str> = match seen.headers["x-scope-orgid"].to_str().unwrap() {
+            "acme" => vec![r#"acme:{env!="dev", team=~"a|b"}"#, r#"acme:{env="prod"}"#],
+            "globex" => Vec::new(),
+            other => panic!("unexpected scope {other}"),
+        };
+        assert_eq!(label_policies(seen), expected);
+    }
 
     // Series endpoints without match[] are left to Mimir as well.
     let response = client
@@ -652,10 +701,19 @@ async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent()
     assert_eq!(response.status(), 200);
     let seen = harness.last_seen();
     assert_eq!(seen.query, "");
-    assert_eq!(
-        seen.headers.get_all("x-prom-label-policy").iter().count(),
-        2
-    );
+    assert_eq!(label_policies(&seen).len(), 2);
+
+    // The same parameter in the URL and the body is still refused, rewritten or not.
+    let response = client
+        .post(format!("{}/api/v1/query?{encoded}", harness.proxy))
+        .bearer_auth(harness.token_of("carol"))
+        .header("X-Scope-OrgID", "acme")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("query=up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
 
     // A user readable without filters sends no policy at all.
     let response = harness
@@ -664,13 +722,7 @@ async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(
-        harness
-            .last_seen()
-            .headers
-            .get("x-prom-label-policy")
-            .is_none()
-    );
+    assert!(label_policies(&harness.last_seen()).is_empty());
 
     // Rule groups are not enforced by Mimir's LBAC: they are still rewritten by the proxy.
     let response = client
@@ -685,4 +737,48 @@ async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent()
     assert_eq!(response.status(), 200);
     let stored: serde_yaml::Value = serde_yaml::from_slice(&harness.last_seen().body).unwrap();
     assert_eq!(stored["rules"][0]["expr"], "sum(up{env=\"prod\"})");
+}
+
+#[tokio::test]
+async fn label_policies_are_never_left_to_an_upstream_that_ignores_them() {
+    // Answers 200 to everything, as a Mimir without label-based access control would.
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let recorded = calls.clone();
+    let router = axum::Router::new().fallback(move |request: Request| {
+        let recorded = recorded.clone();
+        async move {
+            recorded
+                .lock()
+                .unwrap()
+                .push(request.uri().path().to_owned());
+            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let harness = start_with(Some(url), None, |upstream| {
+        upstream.federation = false;
+        upstream.label_policy = true;
+    })
+    .await;
+    for _ in 0..2 {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/query?query=up", harness.proxy))
+            .bearer_auth(harness.token_of("carol"))
+            .header("X-Scope-OrgID", "acme")
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = body_json(response).await;
+        assert_eq!(status, 502, "{body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains("X-Prom-Label-Policy"), "{message}");
+    }
+    // Only probes reached it, never the query, and a failed probe is not remembered.
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        ["/prometheus/api/v1/labels", "/prometheus/api/v1/labels"]
+    );
 }

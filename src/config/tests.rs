@@ -248,19 +248,31 @@ fn proxy_keys_are_validated_by_name() {
             "config key mimir.api_prefix",
         ),
         (
-            "mimir:\n  kind: label\n  label_policy: true\n",
+            "mimir:\n  kind: label\n  federation: false\n  label_policy: true\n",
             "config key mimir.label_policy",
+        ),
+        (
+            "mimir:\n  label_policy: true\n",
+            "config key mimir.label_policy: needs mimir.federation: false",
+        ),
+        (
+            "mimir:\n  url: http://mimir:8080\n  tls:\n    ca_file: /dev/null\n",
+            "config key mimir.url",
+        ),
+        (
+            "mimir:\n  url: http://mimir:8080\n  auth:\n    type: mtls\n  tls:\n    cert_file: /dev/null\n    key_file: /dev/null\n",
+            "must be https://",
         ),
         (
             "mimir:\n  auth:\n    type: mtls\n",
             "config key mimir.tls.cert_file",
         ),
         (
-            "mimir:\n  tls:\n    ca_file: /nonexistent/ca.pem\n",
+            "mimir:\n  url: https://mimir\n  tls:\n    ca_file: /nonexistent/ca.pem\n",
             "config key mimir.tls.ca_file: reading /nonexistent/ca.pem",
         ),
         (
-            "mimir:\n  tls:\n    cert_file: /dev/null\n",
+            "mimir:\n  url: https://mimir\n  tls:\n    cert_file: /dev/null\n",
             "config key mimir.tls.key_file: required with cert_file",
         ),
         (

@@ -362,8 +362,6 @@ fn a_tls_upstream_that_demands_a_client_certificate_is_read_with_mimir_tls() {
     assert_eq!(answer.status, 200, "{}", json(&answer));
     assert_eq!(rooms(&json(&answer)), ["acme/a"]);
     assert!(server.terminate(), "heimdall should stop cleanly");
-    let logs = server.take_stderr();
-    assert!(!logs.contains("PRIVATE KEY"), "{logs}");
 
     // Trusting the CA without presenting a certificate: Prometheus ends the handshake, and
     // the client gets a 502 in the Prometheus envelope, not data and not a hang.
@@ -381,6 +379,9 @@ fn a_tls_upstream_that_demands_a_client_certificate_is_read_with_mimir_tls() {
     let body = json(&refused);
     assert_eq!(refused.status, 502, "{body}");
     assert_eq!(body["status"], "error", "{body}");
+    // The same Prometheus answered a moment ago, so the certificate is what is missing. Under
+    // TLS 1.3 the client may see the server's alert or only the closed connection, so the
+    // message is not asserted.
     assert!(!String::from_utf8_lossy(&refused.body).contains("humidity"));
 
     // Without the CA, the upstream's certificate is not trusted: 502 as well.
@@ -401,5 +402,11 @@ fn a_tls_upstream_that_demands_a_client_certificate_is_read_with_mimir_tls() {
     );
     let alice = mint_dev_token(dir.path(), "alice", &[]);
     let untrusted = query_until_settled(&server.proxy_addr, &alice, &path);
-    assert_eq!(untrusted.status, 502, "{}", json(&untrusted));
+    let body = json(&untrusted);
+    assert_eq!(untrusted.status, 502, "{body}");
+    let message = body["error"].as_str().unwrap().to_lowercase();
+    assert!(
+        message.contains("certificate"),
+        "the CA is unknown: {message}"
+    );
 }

@@ -133,7 +133,7 @@ fn settings(url: &str) -> IdentitySettings {
         refresh_interval: Duration::from_secs(300),
         min_refresh_interval: Duration::from_secs(60),
         token_cache_size: 100,
-        accept_basic_password: false,
+        accept_basic_auth: false,
     }
 }
 
@@ -319,7 +319,7 @@ async fn a_token_is_taken_from_a_basic_password_only_when_configured() {
     assert_eq!(error.status, http::StatusCode::UNAUTHORIZED);
 
     let mut lenient_settings = settings(&server.url);
-    lenient_settings.accept_basic_password = true;
+    lenient_settings.accept_basic_auth = true;
     let lenient = verifier(lenient_settings).await;
     let identity = lenient
         .verify_header(Some(&basic(&format!("promtool:{token}"))))
