@@ -37,7 +37,7 @@ pub struct DecisionInput {
 }
 
 /// The policy's answer for one subject, tenant and action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Decision {
     pub allowed: bool,
     /// An allow policy without filters matched: every series of the tenant is readable.

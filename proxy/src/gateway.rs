@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use heimdall_opa::TenantId;
 use heimdall_opa::engine::Decision;
-use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 
+use crate::built_from_decisions::BuiltFromDecisions;
 use crate::decision::{Action, Decider};
 use crate::filter_response::{self, FILTERED_ROUTES};
 use crate::identity::{Identity, JwtVerifier};
@@ -59,6 +60,10 @@ pub struct Gateway {
     pub fan_out: bool,
     /// How many tenants of one request are read at once when fanning out.
     pub tenants_at_once: usize,
+    /// Enforcements built from decisions, for requests with the same decisions.
+    pub enforcements: BuiltFromDecisions<Option<Arc<Enforcement>>>,
+    /// `X-Prom-Label-Policy` values built from decisions, likewise.
+    pub label_policies: BuiltFromDecisions<Arc<Vec<HeaderValue>>>,
 }
 
 /// Which kind of endpoint a route is.
@@ -245,12 +250,16 @@ impl Gateway {
         let (enforcement, label_policies) = if let Some(route) = left_to_mimir {
             check_params(route, parts.uri.query(), &body, parts.form_body)?;
             self.upstream.confirm_label_policy_enforced(allowed).await?;
-            (None, label_policy::header_values(allowed)?)
+            let policies = self.label_policies.get_or_build(allowed, || {
+                label_policy::header_values(allowed).map(Arc::new)
+            })?;
+            (None, policies)
         } else {
-            (
-                enforcement_for(self.upstream.tenant_binding(), allowed)?,
-                Vec::new(),
-            )
+            let enforcement = self.enforcements.get_or_build(allowed, || {
+                enforcement_for(self.upstream.tenant_binding(), allowed)
+                    .map(|enforcement| enforcement.map(Arc::new))
+            })?;
+            (enforcement, Arc::default())
         };
         let (query, body) = match (&enforcement, parts.endpoint) {
             (None, _) => (parts.uri.query().map(str::to_owned), body),
@@ -264,7 +273,7 @@ impl Gateway {
                     parts
                         .headers
                         .get(name)
-                        .and_then(|value: &http::HeaderValue| value.to_str().ok())
+                        .and_then(|value: &HeaderValue| value.to_str().ok())
                 };
                 remote_write::check(
                     &body,
@@ -291,7 +300,7 @@ impl Gateway {
             headers: parts.headers,
             body,
             push: parts.endpoint == Endpoint::Push,
-            label_policies,
+            label_policies: &label_policies,
         };
         let mut answer = self.upstream.forward(forward, &tenant_ids).await?;
         if let (Some(enforcement), Endpoint::Read(route)) = (&enforcement, parts.endpoint)
@@ -405,7 +414,7 @@ impl Gateway {
             headers: &headers,
             body: Bytes::new(),
             push: false,
-            label_policies: Vec::new(),
+            label_policies: &[],
         };
         let answer = self.upstream.forward(request, tenants).await?;
         if !answer.status.is_success() {

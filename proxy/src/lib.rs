@@ -2,6 +2,7 @@
 //! the live policy bundle, and forwards what is allowed to Mimir. Modules follow the request:
 //! identity, tenants, decision, upstream, respond; `bundle_sync` keeps the policy current.
 
+pub mod built_from_decisions;
 pub mod bundle_sync;
 pub mod decision;
 pub mod filter_response;

@@ -14,6 +14,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::built_from_decisions::BuiltFromDecisions;
 use crate::bundle_sync::{BundleSource, BundleSync, Notifications, SyncSettings};
 use crate::decision::{Decider, Engine, RemoteOpa};
 use crate::gateway::{Endpoint, Gateway, IncomingRequest, PROMETHEUS_PREFIX, PartialTenants};
@@ -38,6 +39,8 @@ const READ_ROUTES: &[&str] = &[
     "/api/v1/format_query",
 ];
 const PUSH_ROUTE: &str = "/api/v1/push";
+/// Distinct decision combinations whose enforcement (or label policies) a proxy remembers.
+const BUILT_FROM_DECISIONS_CAPACITY: usize = 4096;
 /// Mimir's ruler configuration API.
 const RULER_ROUTES: &[&str] = &[
     "/prometheus/config/v1/rules",
@@ -176,6 +179,8 @@ pub async fn run(
         max_body_bytes: settings.max_body_bytes,
         fan_out,
         tenants_at_once,
+        enforcements: BuiltFromDecisions::new(BUILT_FROM_DECISIONS_CAPACITY),
+        label_policies: BuiltFromDecisions::new(BUILT_FROM_DECISIONS_CAPACITY),
     });
     let state = AppState {
         gateway,

@@ -295,7 +295,7 @@ impl Upstream {
         let scope = HeaderValue::from_str(&scope_value(tenants))
             .map_err(|_| ProxyError::internal("tenant ids should form a valid header"))?;
         headers.insert(HeaderName::from_static(SCOPE_HEADER), scope);
-        for policy in &request.label_policies {
+        for policy in request.label_policies {
             headers.append(HeaderName::from_static(LABEL_POLICY_HEADER), policy.clone());
         }
         let builder = self.authenticate(
@@ -386,7 +386,7 @@ pub struct ForwardRequest<'a> {
     /// Remote write rather than the query API.
     pub push: bool,
     /// `X-Prom-Label-Policy` values for Mimir to enforce (its LBAC mode); empty otherwise.
-    pub label_policies: Vec<HeaderValue>,
+    pub label_policies: &'a [HeaderValue],
 }
 
 #[cfg(test)]
