@@ -146,13 +146,25 @@ pub struct Upstream {
     /// Upstream calls this process may run at once; the rest wait up to the queue timeout.
     inflight: Arc<Semaphore>,
     metrics: ProxyMetrics,
-    /// Until when the upstream is known to enforce `X-Prom-Label-Policy`; behind an async lock so
-    /// that concurrent requests share one probe.
-    label_policy_confirmed_until: tokio::sync::Mutex<Option<Instant>>,
+    /// The last probe of the upstream's label policy enforcement; behind an async lock so that
+    /// concurrent requests share one probe.
+    label_policy_probe: tokio::sync::Mutex<Option<ProbeOutcome>>,
+}
+
+/// A probe's answer and until when it stands.
+struct ProbeOutcome {
+    result: Result<(), ProxyError>,
+    until: Instant,
 }
 
 /// How long a probe's proof that the upstream enforces label policies is trusted.
 const LABEL_POLICY_CONFIRMATION: Duration = Duration::from_secs(300);
+/// How long a failed probe's error is handed out before the upstream is probed again.
+const LABEL_POLICY_RETRY: Duration = Duration::from_secs(5);
+/// The longest a probe may take, whatever the upstream timeout.
+const LABEL_POLICY_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What Mimir's label access middleware says of a policy it cannot read.
+const LABEL_POLICY_REFUSAL: &str = "label policy";
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings, metrics: ProxyMetrics) -> Result<Self, String> {
@@ -181,34 +193,57 @@ impl Upstream {
             client,
             inflight,
             metrics,
-            label_policy_confirmed_until: tokio::sync::Mutex::new(None),
+            label_policy_probe: tokio::sync::Mutex::new(None),
         })
     }
 
     /// Makes sure the upstream enforces `X-Prom-Label-Policy` before filters are left to it. A
-    /// Mimir with label-based access control refuses a malformed policy with 400; one without
-    /// it ignores the header and answers, which would read the tenant unfiltered. The proof is
-    /// kept for a few minutes, then sought again.
-    pub async fn confirm_label_policy_enforced(
-        &self,
-        allowed: &[(TenantId, Arc<heimdall_opa::engine::Decision>)],
-    ) -> Result<(), ProxyError> {
-        let mut confirmed_until = self.label_policy_confirmed_until.lock().await;
-        if confirmed_until.is_some_and(|until| Instant::now() < until) {
-            return Ok(());
-        }
-        let Some((tenant, _)) = allowed.first() else {
-            return Err(ProxyError::forbidden("no tenant may be read"));
+    /// Mimir with label-based access control refuses a malformed policy with a 400 naming it;
+    /// one without it ignores the header and answers, which would read the tenant unfiltered.
+    /// A proof stands for five minutes, a failure for five seconds; requests that arrive while
+    /// a probe runs wait for it, at most the queue timeout.
+    pub async fn confirm_label_policy_enforced(&self, tenant: &TenantId) -> Result<(), ProxyError> {
+        let Ok(mut last) =
+            tokio::time::timeout(self.settings.queue_timeout, self.label_policy_probe.lock()).await
+        else {
+            return Err(ProxyError::unavailable(
+                "the upstream's label policy enforcement is being probed; retry later",
+            ));
         };
+        if let Some(outcome) = last.as_ref()
+            && Instant::now() < outcome.until
+        {
+            return outcome.result.clone();
+        }
+        let result = self.probe_label_policy(tenant).await;
+        let lasts = if result.is_ok() {
+            LABEL_POLICY_CONFIRMATION
+        } else {
+            LABEL_POLICY_RETRY
+        };
+        *last = Some(ProbeOutcome {
+            result: result.clone(),
+            until: Instant::now() + lasts,
+        });
+        result
+    }
+
+    async fn probe_label_policy(&self, tenant: &TenantId) -> Result<(), ProxyError> {
         let base = self.settings.url.trim_end_matches('/');
         let url = format!("{base}{}/api/v1/labels", self.settings.api_prefix);
         let probe = self
             .client
             .get(url)
+            .timeout(self.settings.timeout.min(LABEL_POLICY_PROBE_TIMEOUT))
             .header(SCOPE_HEADER, tenant.as_str())
             .header(LABEL_POLICY_HEADER, format!("{tenant}:%zz"));
-        let status = match self.authenticate(probe).send().await {
-            Ok(response) => response.status(),
+        let response = match self.authenticate(probe).send().await {
+            Ok(response) => response,
+            Err(error) if error.is_timeout() => {
+                return Err(ProxyError::gateway_timeout(
+                    "the upstream did not answer the label policy probe in time",
+                ));
+            }
             Err(error) => {
                 let reason = error_chain(&error.without_url());
                 return Err(ProxyError::bad_gateway(format!(
@@ -216,19 +251,40 @@ impl Upstream {
                 )));
             }
         };
-        if status != StatusCode::BAD_REQUEST {
-            tracing::warn!(
+        let status = response.status();
+        let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
+        let refusal_names_the_policy = String::from_utf8_lossy(&body)
+            .to_ascii_lowercase()
+            .contains(LABEL_POLICY_REFUSAL);
+        if status == StatusCode::BAD_REQUEST && refusal_names_the_policy {
+            tracing::debug!("upstream enforces label policies");
+            return Ok(());
+        }
+        if status.is_success() || status == StatusCode::BAD_REQUEST {
+            tracing::error!(
                 status = status.as_u16(),
                 "upstream ignores X-Prom-Label-Policy; refusing to leave filters to it"
             );
             return Err(ProxyError::bad_gateway(format!(
                 "the upstream answered {status} to a malformed X-Prom-Label-Policy where a Mimir \
-                 enforcing label policies answers 400; it would read the tenant unfiltered, so \
+                 enforcing label policies refuses it; it would read the tenant unfiltered, so \
                  nothing is sent (mimir.label_policy needs -auth.label-access-control-enabled)"
             )));
         }
-        *confirmed_until = Some(Instant::now() + LABEL_POLICY_CONFIRMATION);
-        Ok(())
+        tracing::warn!(
+            status = status.as_u16(),
+            "could not confirm that the upstream enforces label policies"
+        );
+        let message = format!(
+            "could not confirm that the upstream enforces label policies: it answered {status}"
+        );
+        Err(
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                ProxyError::unavailable(message)
+            } else {
+                ProxyError::bad_gateway(message)
+            },
+        )
     }
 
     /// Adds the proxy's own upstream credentials.
@@ -387,6 +443,21 @@ pub struct ForwardRequest<'a> {
     pub push: bool,
     /// `X-Prom-Label-Policy` values for Mimir to enforce (its LBAC mode); empty otherwise.
     pub label_policies: &'a [HeaderValue],
+}
+
+/// Reads at most `limit` bytes of an answer's body; the rest is left unread.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while body.len() < limit
+        && let Some(chunk) = response.chunk().await?
+    {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

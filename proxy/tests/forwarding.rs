@@ -5,6 +5,7 @@
 //! paths the proxy sends, which a real Prometheus cannot report. Real Prometheus answers are
 //! covered by the end-to-end tests in `tests/`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ struct Harness {
     proxy: String,
     metrics: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Label policies the recording upstream refused, as Mimir would: the proxy's probes.
+    refused_policies: Arc<AtomicUsize>,
     latest: Arc<Mutex<Option<Arc<Bundle>>>>,
     notify: broadcast::Sender<RevisionNotification>,
     signer: DevSigner,
@@ -95,15 +98,24 @@ fn mimir_accepts_label_policy(value: &str) -> bool {
                     && bytes.get(at + 2).is_some_and(u8::is_ascii_hexdigit))
         });
         let decoded = percent_encoding::percent_decode_str(selector).decode_utf8();
-        !tenant.is_empty()
-            && escapes_valid
-            && decoded.is_ok_and(|selector| promql_parser::parser::parse(&selector).is_ok())
+        // Mimir reads a series selector (`ParseMetricSelector`), nothing else.
+        let is_selector = |selector: &str| {
+            matches!(
+                promql_parser::parser::parse(selector),
+                Ok(promql_parser::parser::Expr::VectorSelector(_))
+            )
+        };
+        !tenant.is_empty() && escapes_valid && decoded.is_ok_and(|selector| is_selector(&selector))
     })
 }
 
-async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
+async fn recording_upstream(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    refused_policies: Arc<AtomicUsize>,
+) -> String {
     let router = axum::Router::new().fallback(move |request: Request| {
         let seen = seen.clone();
+        let refused_policies = refused_policies.clone();
         async move {
             let (parts, body) = request.into_parts();
             let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
@@ -113,10 +125,11 @@ async fn recording_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> String {
                 .iter()
                 .all(|value| value.to_str().is_ok_and(mimir_accepts_label_policy));
             if !policies_readable {
+                refused_policies.fetch_add(1, Ordering::SeqCst);
                 return (
                     http::StatusCode::BAD_REQUEST,
-                    [(http::header::CONTENT_TYPE, "application/json")],
-                    r#"{"status":"error","errorType":"bad_data","error":"bad label policy"}"#
+                    [(http::header::CONTENT_TYPE, "text/plain")],
+                    "invalid label policy header value unable to url escape selector string"
                         .to_owned(),
                 );
             }
@@ -177,9 +190,10 @@ async fn start_with(
     let dir = tempfile::tempdir().unwrap();
     let signer = DevSigner::load_or_create(dir.path()).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let refused_policies = Arc::new(AtomicUsize::new(0));
     let upstream = match upstream_url {
         Some(url) => url,
-        None => recording_upstream(seen.clone()).await,
+        None => recording_upstream(seen.clone(), refused_policies.clone()).await,
     };
     let latest = Arc::new(Mutex::new(Some(build_bundle(1, POLICIES_V1))));
     let (notify, notifications) = broadcast::channel(16);
@@ -238,6 +252,7 @@ async fn start_with(
         proxy: format!("http://{listen_addr}"),
         metrics: format!("http://{metrics_addr}"),
         seen,
+        refused_policies,
         latest,
         notify,
         signer,
@@ -724,6 +739,9 @@ async fn in_label_policy_mode_mimir_gets_the_filter_sets_and_the_query_as_sent()
     assert_eq!(response.status(), 200);
     assert!(label_policies(&harness.last_seen()).is_empty());
 
+    // One probe proved that Mimir enforces policies; it stands for the later requests.
+    assert_eq!(harness.refused_policies.load(Ordering::SeqCst), 1);
+
     // Rule groups are not enforced by Mimir's LBAC: they are still rewritten by the proxy.
     let response = client
         .post(format!("{}/prometheus/config/v1/rules/team", harness.proxy))
@@ -775,10 +793,8 @@ async fn label_policies_are_never_left_to_an_upstream_that_ignores_them() {
         let message = body["error"].as_str().unwrap();
         assert!(message.contains("X-Prom-Label-Policy"), "{message}");
     }
-    // Only probes reached it, never the query, and a failed probe is not remembered.
+    // Only the probe reached it, never the query; its failure stands for a few seconds, so the
+    // second request was refused without another probe.
     let calls = calls.lock().unwrap().clone();
-    assert_eq!(
-        calls,
-        ["/prometheus/api/v1/labels", "/prometheus/api/v1/labels"]
-    );
+    assert_eq!(calls, ["/prometheus/api/v1/labels"]);
 }

@@ -362,6 +362,8 @@ fn a_tls_upstream_that_demands_a_client_certificate_is_read_with_mimir_tls() {
     assert_eq!(answer.status, 200, "{}", json(&answer));
     assert_eq!(rooms(&json(&answer)), ["acme/a"]);
     assert!(server.terminate(), "heimdall should stop cleanly");
+    let logs = server.take_stderr();
+    assert!(!logs.contains("PRIVATE KEY"), "{logs}");
 
     // Trusting the CA without presenting a certificate: Prometheus ends the handshake, and
     // the client gets a 502 in the Prometheus envelope, not data and not a hang.
