@@ -61,18 +61,10 @@ impl<V: Clone> BuiltFromDecisions<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decision(filter: &str) -> Arc<Decision> {
-        Arc::new(Decision {
-            allowed: true,
-            unrestricted: false,
-            filter_sets: vec![vec![filter.to_owned()]],
-            policies: vec!["p".to_owned()],
-        })
-    }
+    use crate::test_support::{decision, tenant};
 
     fn acme(filter: &str) -> Vec<(TenantId, Arc<Decision>)> {
-        vec![(TenantId::parse("acme").unwrap(), decision(filter))]
+        vec![(tenant("acme"), decision(&[&[filter]]))]
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub struct Gateway {
     pub fan_out: bool,
     /// How many tenants of one request are read at once when fanning out.
     pub tenants_at_once: usize,
-    /// Enforcements built from decisions, for requests with the same decisions.
+    /// Enforcements built from decisions, for requests with the same decisions. The tenant
+    /// binding they also depend on is the upstream's, fixed for the gateway's life.
     pub enforcements: BuiltFromDecisions<Option<Arc<Enforcement>>>,
     /// `X-Prom-Label-Policy` values built from decisions, likewise.
     pub label_policies: BuiltFromDecisions<Arc<Vec<HeaderValue>>>,
@@ -253,7 +254,9 @@ impl Gateway {
                 label_policy::header_values(allowed).map(Arc::new)
             })?;
             // Without a policy to send (only unrestricted tenants), nothing depends on Mimir.
-            if let (Some((tenant, _)), false) = (allowed.first(), policies.is_empty()) {
+            if !policies.is_empty()
+                && let Some((tenant, _)) = allowed.first()
+            {
                 self.upstream.confirm_label_policy_enforced(tenant).await?;
             }
             (None, policies)

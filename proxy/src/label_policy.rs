@@ -78,22 +78,7 @@ pub fn header_values(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decision(filter_sets: &[&[&str]]) -> Arc<Decision> {
-        Arc::new(Decision {
-            allowed: true,
-            unrestricted: filter_sets.is_empty(),
-            filter_sets: filter_sets
-                .iter()
-                .map(|set| set.iter().map(|raw| (*raw).to_owned()).collect())
-                .collect(),
-            policies: vec!["p".to_owned()],
-        })
-    }
-
-    fn tenant(id: &str) -> TenantId {
-        TenantId::parse(id).expect("a valid tenant id")
-    }
+    use crate::test_support::{decision, tenant};
 
     /// Decodes a value the way Mimir does: split at the first `:`, then unescape the selector.
     fn decode(value: &HeaderValue) -> (String, String) {

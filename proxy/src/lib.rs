@@ -18,6 +18,8 @@ pub mod rewrite;
 pub mod ruler;
 pub mod server;
 pub mod tenants;
+#[cfg(test)]
+mod test_support;
 pub mod upstream;
 
 pub use bundle_sync::{BundleSource, LatestBundle, Notifications};

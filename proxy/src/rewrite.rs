@@ -259,6 +259,7 @@ fn encode_form(params: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{decision, tenant};
 
     fn prod() -> Enforcement {
         let matcher = Enforcement::matcher("env", "=", "prod").unwrap();
@@ -348,22 +349,6 @@ mod tests {
                 "{__name__=~\".+\",env=\"prod\"}".to_owned()
             )]
         );
-    }
-
-    fn decision(filter_sets: &[&[&str]]) -> Arc<Decision> {
-        Arc::new(Decision {
-            allowed: true,
-            unrestricted: filter_sets.is_empty(),
-            filter_sets: filter_sets
-                .iter()
-                .map(|set| set.iter().map(|filter| (*filter).to_owned()).collect())
-                .collect(),
-            policies: vec!["p".to_owned()],
-        })
-    }
-
-    fn tenant(id: &str) -> TenantId {
-        TenantId::parse(id).unwrap()
     }
 
     #[test]
