@@ -24,6 +24,7 @@ pub struct ProxyMetrics {
     pub upstream_request_duration: Histogram,
     pub fanout_active: IntGauge,
     pub fanout_dropped_requests: IntCounter,
+    pub label_policy_probes: IntCounterVec,
     pub bundle_revision: IntGauge,
     pub bundle_loaded_timestamp: IntGauge,
     pub bundle_loads: IntCounterVec,
@@ -120,6 +121,14 @@ impl ProxyMetrics {
                 "heimdall_fanout_dropped_requests_total",
                 "Requests refused with 503 because the upstream concurrency limit stayed full",
             )?,
+            label_policy_probes: IntCounterVec::new(
+                Opts::new(
+                    "heimdall_label_policy_probes_total",
+                    "Probes of whether the upstream enforces X-Prom-Label-Policy, by result: \
+                     enforced, ignored or unconfirmed",
+                ),
+                &["result"],
+            )?,
             bundle_revision: IntGauge::new(
                 "heimdall_bundle_revision",
                 "Event revision of the bundle the proxy decides with",
@@ -152,6 +161,7 @@ impl ProxyMetrics {
         registry.register(Box::new(metrics.upstream_request_duration.clone()))?;
         registry.register(Box::new(metrics.fanout_active.clone()))?;
         registry.register(Box::new(metrics.fanout_dropped_requests.clone()))?;
+        registry.register(Box::new(metrics.label_policy_probes.clone()))?;
         registry.register(Box::new(metrics.bundle_revision.clone()))?;
         registry.register(Box::new(metrics.bundle_loaded_timestamp.clone()))?;
         registry.register(Box::new(metrics.bundle_loads.clone()))?;

@@ -215,7 +215,11 @@ impl Upstream {
         {
             return outcome.result.clone();
         }
-        let result = self.probe_label_policy(tenant).await;
+        let (outcome, result) = self.probe_label_policy(tenant).await;
+        self.metrics
+            .label_policy_probes
+            .with_label_values(&[outcome])
+            .inc();
         let lasts = if result.is_ok() {
             LABEL_POLICY_CONFIRMATION
         } else {
@@ -228,7 +232,12 @@ impl Upstream {
         result
     }
 
-    async fn probe_label_policy(&self, tenant: &TenantId) -> Result<(), ProxyError> {
+    /// Sends one probe; returns its outcome (`enforced`, `ignored` or `unconfirmed`, for the
+    /// metric) with what it means for the request.
+    async fn probe_label_policy(
+        &self,
+        tenant: &TenantId,
+    ) -> (&'static str, Result<(), ProxyError>) {
         let base = self.settings.url.trim_end_matches('/');
         let url = format!("{base}{}/api/v1/labels", self.settings.api_prefix);
         let probe = self
@@ -240,15 +249,17 @@ impl Upstream {
         let response = match self.authenticate(probe).send().await {
             Ok(response) => response,
             Err(error) if error.is_timeout() => {
-                return Err(ProxyError::gateway_timeout(
+                let error = ProxyError::gateway_timeout(
                     "the upstream did not answer the label policy probe in time",
-                ));
+                );
+                return ("unconfirmed", Err(error));
             }
             Err(error) => {
                 let reason = error_chain(&error.without_url());
-                return Err(ProxyError::bad_gateway(format!(
+                let error = ProxyError::bad_gateway(format!(
                     "probing the upstream's label policy enforcement failed: {reason}"
-                )));
+                ));
+                return ("unconfirmed", Err(error));
             }
         };
         let status = response.status();
@@ -258,18 +269,19 @@ impl Upstream {
             .contains(LABEL_POLICY_REFUSAL);
         if status == StatusCode::BAD_REQUEST && refusal_names_the_policy {
             tracing::debug!("upstream enforces label policies");
-            return Ok(());
+            return ("enforced", Ok(()));
         }
         if status.is_success() || status == StatusCode::BAD_REQUEST {
             tracing::error!(
                 status = status.as_u16(),
                 "upstream ignores X-Prom-Label-Policy; refusing to leave filters to it"
             );
-            return Err(ProxyError::bad_gateway(format!(
+            let error = ProxyError::bad_gateway(format!(
                 "the upstream answered {status} to a malformed X-Prom-Label-Policy where a Mimir \
                  enforcing label policies refuses it; it would read the tenant unfiltered, so \
                  nothing is sent (mimir.label_policy needs -auth.label-access-control-enabled)"
-            )));
+            ));
+            return ("ignored", Err(error));
         }
         tracing::warn!(
             status = status.as_u16(),
@@ -278,13 +290,12 @@ impl Upstream {
         let message = format!(
             "could not confirm that the upstream enforces label policies: it answered {status}"
         );
-        Err(
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                ProxyError::unavailable(message)
-            } else {
-                ProxyError::bad_gateway(message)
-            },
-        )
+        let error = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            ProxyError::unavailable(message)
+        } else {
+            ProxyError::bad_gateway(message)
+        };
+        ("unconfirmed", Err(error))
     }
 
     /// Adds the proxy's own upstream credentials.

@@ -797,4 +797,14 @@ async fn label_policies_are_never_left_to_an_upstream_that_ignores_them() {
     // second request was refused without another probe.
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls, ["/prometheus/api/v1/labels"]);
+    let metrics = reqwest::get(format!("{}/metrics", harness.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"heimdall_label_policy_probes_total{result="ignored"} 1"#),
+        "{metrics}"
+    );
 }
