@@ -89,16 +89,6 @@ fn query_until_settled(addr: &str, token: &str, path: &str) -> HttpResponse {
     }
 }
 
-fn json(response: &HttpResponse) -> Value {
-    serde_json::from_slice(&response.body).unwrap_or_else(|error| {
-        panic!(
-            "status {} body is not JSON ({error}): {}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        )
-    })
-}
-
 /// Returns `tenant/room` of every series of a vector answer, sorted.
 fn rooms(body: &Value) -> Vec<String> {
     assert_eq!(body["status"], "success", "{body}");
@@ -155,7 +145,7 @@ fn promtool_reads_through_the_proxy_only_the_allowed_series() {
         &alice,
         &format!("/api/v1/query?query=demo_humidity&time={at}"),
     );
-    assert_eq!(rooms(&json(&settled)), ["acme/a"]);
+    assert_eq!(rooms(&settled.json()), ["acme/a"]);
 
     // promtool 2.42 sends no bearer token of its own, but Go's HTTP client turns a URL's
     // userinfo into Basic credentials: the token travels as the password. Without a tenant
@@ -359,8 +349,8 @@ fn a_tls_upstream_that_demands_a_client_certificate_is_read_with_mimir_tls() {
     );
     let alice = mint_dev_token(dir.path(), "alice", &[]);
     let answer = query_until_settled(&server.proxy_addr, &alice, &path);
-    assert_eq!(answer.status, 200, "{}", json(&answer));
-    assert_eq!(rooms(&json(&answer)), ["acme/a"]);
+    assert_eq!(answer.status, 200, "{}", answer.json());
+    assert_eq!(rooms(&answer.json()), ["acme/a"]);
     assert!(server.terminate(), "heimdall should stop cleanly");
     let logs = server.take_stderr();
     assert!(!logs.contains("PRIVATE KEY"), "{logs}");
@@ -378,7 +368,7 @@ fn a_tls_upstream_that_demands_a_client_certificate_is_read_with_mimir_tls() {
     );
     let alice = mint_dev_token(dir.path(), "alice", &[]);
     let refused = query_until_settled(&server.proxy_addr, &alice, &path);
-    let body = json(&refused);
+    let body = refused.json();
     assert_eq!(refused.status, 502, "{body}");
     assert_eq!(body["status"], "error", "{body}");
     // The same Prometheus answered a moment ago, so the certificate is what is missing. Under
@@ -404,7 +394,7 @@ fn a_tls_upstream_that_demands_a_client_certificate_is_read_with_mimir_tls() {
     );
     let alice = mint_dev_token(dir.path(), "alice", &[]);
     let untrusted = query_until_settled(&server.proxy_addr, &alice, &path);
-    let body = json(&untrusted);
+    let body = untrusted.json();
     assert_eq!(untrusted.status, 502, "{body}");
     let message = body["error"].as_str().unwrap().to_lowercase();
     assert!(

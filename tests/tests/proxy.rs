@@ -49,19 +49,9 @@ fn query(addr: &str, token: &str, scope: Option<&str>, path: &str) -> HttpRespon
     http_request(addr, "GET", path, &headers).expect("the proxy should answer")
 }
 
-fn json(response: &HttpResponse) -> Value {
-    serde_json::from_slice(&response.body).unwrap_or_else(|error| {
-        panic!(
-            "status {} body is not JSON ({error}): {}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        )
-    })
-}
-
 /// Asserts a Prometheus error envelope with this status and error type.
 fn assert_error(response: &HttpResponse, status: u16, error_type: &str) -> String {
-    let body = json(response);
+    let body = response.json();
     assert_eq!(response.status, status, "{body}");
     assert_eq!(body["status"], "error", "{body}");
     assert_eq!(body["errorType"], error_type, "{body}");
@@ -174,7 +164,7 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         || query(&addr, &alice, Some("acme"), &path),
         |response| response.status == 200,
     );
-    let body = json(&allowed);
+    let body = allowed.json();
     assert_eq!(body["status"], "success", "{body}");
     assert_eq!(
         series_of(&body),
@@ -186,11 +176,11 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
     let prefixed = query(&addr, &alice, Some("acme"), &format!("/prometheus{path}"));
     assert_eq!(prefixed.status, 200);
     let resolved = query(&addr, &alice, None, &path);
-    assert_eq!(series_of(&json(&resolved)), ["acme/a", "acme/b"]);
+    assert_eq!(series_of(&resolved.json()), ["acme/a", "acme/b"]);
 
     // A tenant she may not read is left out with a warning, never silently.
     let partial = query(&addr, &alice, Some("acme|globex"), &path);
-    let body = json(&partial);
+    let body = partial.json();
     assert_eq!(partial.status, 200, "{body}");
     assert_eq!(series_of(&body), ["acme/a", "acme/b"]);
     let warnings = body["warnings"].as_array().expect("a warnings list");
@@ -204,21 +194,21 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
     // Bob may read globex only where room="a": his answers hold that series alone, whether the
     // query names the room, another room, or nothing.
     let filtered = query(&addr, &bob, Some("globex"), &path);
-    assert_eq!(series_of(&json(&filtered)), ["globex/a"]);
+    assert_eq!(series_of(&filtered.json()), ["globex/a"]);
     let sum = query(
         &addr,
         &bob,
         None,
         &format!("/api/v1/query?query=sum(demo_temperature)&time={at}"),
     );
-    assert_eq!(json(&sum)["data"]["result"][0]["value"][1], "17");
+    assert_eq!(sum.json()["data"]["result"][0]["value"][1], "17");
     let other_room = query(
         &addr,
         &bob,
         Some("globex"),
         &format!("/api/v1/query?query=demo_temperature{{room%3D%22c%22}}&time={at}"),
     );
-    assert_eq!(series_of(&json(&other_room)), Vec::<String>::new());
+    assert_eq!(series_of(&other_room.json()), Vec::<String>::new());
     let start = at - 600;
     let series = query(
         &addr,
@@ -226,7 +216,7 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         None,
         &format!("/api/v1/series?start={start}&end={at}"),
     );
-    let listed: Vec<String> = json(&series)["data"]
+    let listed: Vec<String> = series.json()["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -242,18 +232,18 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         None,
         &format!("/api/v1/label/room/values?start={start}&end={at}"),
     );
-    assert_eq!(json(&rooms)["data"], serde_json::json!(["a"]));
+    assert_eq!(rooms.json()["data"], serde_json::json!(["a"]));
     let tenants = query(
         &addr,
         &alice,
         None,
         &format!("/api/v1/label/tenant/values?start={start}&end={at}"),
     );
-    assert_eq!(json(&tenants)["data"], serde_json::json!(["acme"]));
+    assert_eq!(tenants.json()["data"], serde_json::json!(["acme"]));
     // Metadata is narrowed to readable metric names (this store has none from scrapes); rules
     // need their own action, which bob lacks.
     let metadata = query(&addr, &bob, Some("globex"), "/api/v1/metadata");
-    assert_eq!(json(&metadata)["status"], "success");
+    assert_eq!(metadata.json()["status"], "success");
     let rules = query(&addr, &bob, Some("globex"), "/api/v1/rules");
     assert_error(&rules, 403, "forbidden");
 
@@ -394,7 +384,7 @@ fn the_all_target_forwards_to_prometheus_only_what_the_policy_allows() {
         Some("acme"),
         "/api/v1/query?query=demo_pushed",
     );
-    assert_eq!(json(&pushed)["data"]["result"][0]["value"][1], "42");
+    assert_eq!(pushed.json()["data"]["result"][0]["value"][1], "42");
 
     // A deny policy wins over the allow, and takes effect without a restart.
     apply(
@@ -587,7 +577,7 @@ fn a_policy_change_reaches_two_proxies_over_nats_without_a_restart() {
             || query(proxy, &token, Some("acme"), &path),
             |response| response.status == 200,
         );
-        let body = json(&response);
+        let body = response.json();
         assert_eq!(
             response.status, 200,
             "proxy {proxy} did not follow the change: {body}"
